@@ -1,0 +1,5 @@
+"""``python -m vlmplug`` runs the CLI."""
+
+from vlmplug.cli import main
+
+main()

@@ -1,0 +1,343 @@
+"""The ``vlmplug`` command line (click + rich).
+
+``list``, ``info``, ``recipes``, ``config`` and ``score`` never import torch, transformers or peft:
+rich is imported inside commands and the training pipeline only by ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from ._version import __version__
+from .errors import ConfigError, VlmplugError
+
+__all__ = ["cli", "main"]
+
+FAMILY_CHOICES = ["vision_encoder", "connector", "fusion", "peft", "dataset_format", "optimizer_stack", "evaluator"]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _host() -> Any:
+    from .manager import load
+
+    return load()
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print vlmplug errors without a traceback (unless --debug) and exit non-zero."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except VlmplugError as e:
+            if (ctx.find_root().params or {}).get("debug"):
+                raise
+            from rich.markup import escape
+
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}")
+            ctx.exit(2 if isinstance(e, ConfigError) else 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vlmplug")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+def cli(debug: bool) -> None:
+    """vlmplug: fine-tune vision-language models from plugins.
+
+    \b
+    Quickstart (CPU, a few minutes):  vlmplug train
+    See every component:              vlmplug list
+    Resolve a recipe without a model: vlmplug config llava --plugins lora
+    """
+
+
+# -- list / info / recipes ----------------------------------------------------------------------------
+
+def _component_rows(host: Any) -> list[dict[str, Any]]:
+    from . import deps
+
+    rows = []
+    for spec in host.registry:
+        missing = deps.missing_extras(spec)
+        row: dict[str, Any] = {"name": spec.name, "family": spec.family, "summary": spec.summary,
+                               "provider": spec.provider, "version": spec.version, "plugin": spec.plugin,
+                               "status": "missing-extra" if missing else "ok"}
+        if missing:
+            row["extra"] = ",".join(sorted(set(missing.values())))
+            row["missing"] = sorted(missing)
+            row["install"] = deps.install_hint(missing.values())
+        rows.append(row)
+    for info in host.broken:
+        rows.append({"name": info.name, "family": None, "summary": "", "provider": info.provider,
+                     "version": info.version, "plugin": info.name, "status": "broken", "error": info.error})
+    return rows
+
+
+@cli.command("list")
+@click.option("--family", type=click.Choice(FAMILY_CHOICES), help="Only this family.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects) for scripts.")
+def list_cmd(family: str | None, as_json: bool) -> None:
+    """List every component, by family, with provider and status."""
+    host = _host()
+    rows = [r for r in _component_rows(host) if family is None or r["family"] in (family, None)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .registry import FAMILY_TITLES
+
+    table = Table(title=f"vlmplug {__version__} components")
+    for col in ("family", "name", "summary", "provider", "status"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        status = {"ok": "[green]ok[/]", "broken": f"[red]broken[/]: {escape(r.get('error') or '')}",
+                  "missing-extra": f"[yellow]missing extra[/] {escape('[' + str(r.get('extra')) + ']')}"}[r["status"]]
+        table.add_row(FAMILY_TITLES.get(r["family"] or "", "?"), escape(r["name"]), escape(r["summary"]),
+                      escape(r["provider"]), status)
+    _console().print(table)
+    third = sorted({r["provider"] for r in rows if r["provider"] != "built-in"})
+    if third:
+        _console().print(f"plugins: {', '.join(third)}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def info(name: str, as_json: bool) -> None:
+    """Show a component: family, provider, options (type, default, help), missing extras."""
+    import dataclasses
+
+    from . import deps
+    from .errors import did_you_mean
+    from .registry import FAMILY_TITLES, config_fields, describe_type
+
+    host = _host()
+    spec = host.registry.get(name)
+    if spec is None:
+        from .recipe import _Resolver
+
+        raise ConfigError(_Resolver(host.registry, host).unknown_name(name, None, "info"))
+    import typing
+
+    hints = typing.get_type_hints(spec.config) if spec.config else {}
+    options = []
+    for f in config_fields(spec.config).values():
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        options.append({"name": f.name, "type": describe_type(hints.get(f.name)), "default": default,
+                        "help": f.metadata.get("help", "")})
+    missing = deps.missing_extras(spec)
+    data = {"name": spec.name, "family": spec.family, "summary": spec.summary, "provider": spec.provider,
+            "version": spec.version, "plugin": spec.plugin, "factory": spec.factory, "options": options,
+            "flat_keys": list(spec.flat_keys), "activated_by": dict(spec.activated_by),
+            "aliases": list(spec.aliases), "requires": list(spec.requires), "conflicts": list(spec.conflicts),
+            "extras": dict(spec.extras), "missing": sorted(missing),
+            "install": deps.install_hint(missing.values()) if missing else None}
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"[bold]{spec.name}[/] -- {FAMILY_TITLES[spec.family]} ({spec.provider}, plugin {spec.plugin})")
+    con.print(spec.summary)
+    if spec.aliases:
+        con.print(f"aliases: {', '.join(spec.aliases)}")
+    if spec.activated_by:
+        con.print("selected by recipe keys: " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.activated_by.items()))
+    if spec.requires or spec.conflicts:
+        con.print(f"requires: {', '.join(spec.requires) or '-'}; conflicts: {', '.join(spec.conflicts) or '-'}")
+    if options:
+        table = Table(title="options")
+        for col in ("option", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for o in options:
+            flat = " (top-level key)" if o["name"] in spec.flat_keys else ""
+            table.add_row(escape(o["name"] + flat), escape(o["type"]), escape(json.dumps(o["default"], default=str)),
+                          escape(o["help"]))
+        con.print(table)
+    else:
+        con.print("options: none")
+    if spec.extras:
+        for mod, extra in spec.extras.items():
+            state = "[red]missing[/]" if mod in missing else "[green]installed[/]"
+            con.print(f"needs {mod} ({state}) from extra [{extra}]")
+        if missing:
+            con.print(f"fix: {deps.install_hint(missing.values())}")
+    _ = did_you_mean
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def recipes(as_json: bool) -> None:
+    """List the recipes shipped with vlmplug."""
+    from .recipe import list_recipes
+
+    items = list_recipes()
+    if as_json:
+        click.echo(json.dumps([{"name": n, "description": d} for n, d in items], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="shipped recipes (use a name or a path: vlmplug config NAME)")
+    table.add_column("recipe")
+    table.add_column("description")
+    for n, d in items:
+        table.add_row(n, d)
+    _console().print(table)
+
+
+# -- config / train ---------------------------------------------------------------------------------
+
+_recipe_arg = click.argument("recipe", required=False)
+_plugins_opt = click.option("--plugins", "-p", "plugins", default="",
+                            help="Comma-separated component names, e.g. --plugins lora,gradient-checkpointing.")
+_set_opt = click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
+                        help="Override a value: a recipe key, COMPONENT.OPTION or FAMILY.OPTION (repeatable).")
+
+
+def _resolve(recipe: str | None, plugins: str, sets: tuple[str, ...], host: Any = None) -> Any:
+    from .recipe import load_recipe, parse_set, resolve
+
+    host = host or _host()
+    data, source = load_recipe(recipe)
+    names = [p.strip() for p in plugins.split(",") if p.strip()]
+    return resolve(data, host.registry, host=host, plugins=names, sets=parse_set(sets), source=source), host
+
+
+@cli.command()
+@_recipe_arg
+@_plugins_opt
+@_set_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON.")
+@handle_errors
+def config(recipe: str | None, plugins: str, sets: tuple[str, ...], as_json: bool) -> None:
+    """Resolve a recipe and print the plan, without loading any model."""
+    resolved, _ = _resolve(recipe, plugins, sets)
+    if as_json:
+        click.echo(json.dumps(resolved.to_dict(), indent=2, default=str))
+        return
+    _print_plan(resolved)
+
+
+def _print_plan(resolved: Any) -> None:
+    from rich.table import Table
+
+    from .registry import FAMILY_TITLES
+
+    con = _console()
+    con.print(f"[bold]{resolved.name}[/] ({resolved.source}) {resolved.description}")
+    table = Table(title="components")
+    for col in ("family", "component", "provider", "options"):
+        table.add_column(col, overflow="fold")
+    for sel in resolved.selections():
+        opts = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in sel.options.items())
+        table.add_row(FAMILY_TITLES[sel.spec.family], sel.name, f"{sel.spec.provider}", opts)
+    con.print(table)
+    core = {k: v for k, v in resolved.core.items() if v not in (None, "", {}) and k not in ("name", "description")}
+    con.print("model: " + ", ".join(f"{k}={v}" for k, v in core.items()))
+    if resolved.training:
+        con.print("training: " + ", ".join(f"{k}={v}" for k, v in resolved.training.items()))
+    for note in resolved.notes:
+        con.print(f"note: {note}")
+
+
+@cli.command()
+@_recipe_arg
+@_plugins_opt
+@_set_opt
+@click.option("--output-dir", "-o", default=None, help="Run directory (default runs/<name>, numbered if taken).")
+@handle_errors
+def train(recipe: str | None, plugins: str, sets: tuple[str, ...], output_dir: str | None) -> None:
+    """Train a model. With no RECIPE, runs the CPU quickstart (recipes/quickstart.yaml)."""
+    resolved, host = _resolve(recipe, plugins, sets)
+    from .train.run import run
+
+    run(resolved, host, output_dir=output_dir, console=_console(stderr=True))
+
+
+# -- score ---------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--evaluator", "-e", "evaluator_name", required=True, help="Evaluator component, e.g. vqa.")
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--per-sample", type=click.Path(dir_okay=False), help="Write per-sample scores (JSONL) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric -> value.")
+@handle_errors
+def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json: bool) -> None:
+    """Score a predictions file (JSONL with 'prediction' and the references) without any model."""
+    from .errors import DataError
+    from .recipe import _Resolver
+
+    host = _host()
+    spec = host.registry.get(evaluator_name)
+    if spec is None or spec.family != "evaluator":
+        raise ConfigError(_Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"))
+    evaluator = spec.load_factory()(spec.default_config(), None)
+    rows = []
+    with open(predictions, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{predictions}:{n}: not valid JSON ({e.msg})") from None
+    if not rows:
+        raise DataError(f"{predictions}: no predictions (expected JSONL lines with 'prediction')")
+    try:
+        metrics, scores = evaluator.score(rows)
+    except ValueError as e:
+        raise DataError(f"{predictions}: {e}") from None
+    if per_sample:
+        with open(per_sample, "w", encoding="utf-8") as fh:
+            for row, s in zip(rows, scores):
+                fh.write(json.dumps({**row, "score": s}) + "\n")
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{evaluator_name}: {predictions}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    _console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: adds plugin commands (``register_commands``), then runs the CLI."""
+    try:
+        host = _host()
+        host.register_commands(cli=cli)
+    except VlmplugError as e:  # a broken command plugin must not stop the CLI
+        print(f"warning: {e}", file=sys.stderr)
+    cli.main(args=argv, prog_name="vlmplug")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,270 @@
+"""Component specs and the registry.
+
+A **component** is one named option a plugin registers (``clip``, ``mlp``, ``lora``). Its spec is
+light: strings and a config dataclass. The heavy object is built by ``factory`` (a ``"module:attr"``
+string) only when the component is selected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+__all__ = [
+    "FAMILIES",
+    "FAMILY_TITLES",
+    "SINGLE_FAMILIES",
+    "ComponentSpec",
+    "Registry",
+    "config_fields",
+    "coerce_value",
+]
+
+#: Family ids, in pipeline order.
+FAMILIES: tuple[str, ...] = (
+    "vision_encoder",
+    "connector",
+    "fusion",
+    "peft",
+    "dataset_format",
+    "optimizer_stack",
+    "evaluator",
+)
+FAMILY_TITLES = {
+    "vision_encoder": "vision encoder",
+    "connector": "connector",
+    "fusion": "fusion",
+    "peft": "PEFT method",
+    "dataset_format": "dataset format",
+    "optimizer_stack": "optimizer stack",
+    "evaluator": "evaluator",
+}
+#: Families where a run uses exactly one component; the others take any number, in order.
+SINGLE_FAMILIES = frozenset({"vision_encoder", "connector", "fusion", "peft"})
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a plugin declares for one component.
+
+    :param name: kebab-case, unique across all families (``--plugins NAME`` needs no family).
+    :param summary: one line for ``vlmplug list``.
+    :param factory: ``"module:attr"`` of the callable building the component, imported lazily.
+    :param config: a dataclass whose fields all have defaults and ``metadata={"help": ...}``.
+    :param extras: import name -> pip extra, for optional dependencies (``{"flash_attn": "flash"}``).
+    :param requires: other component names that must be selected too.
+    :param conflicts: component names that cannot be selected together with this one.
+    :param aliases: other names accepted for this component (e.g. the guide's ``perceiver_resampler``).
+    :param activated_by: recipe flat keys that select this component: ``{"use_liger": True}``.
+    :param flat_keys: config fields that may also be written at the top level of a recipe, as
+        the guide does (``lora_r: 16``).
+    :param family: set by the registry from the hook that registered the spec.
+    """
+
+    name: str
+    summary: str
+    factory: str
+    config: type | None = None
+    extras: Mapping[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    activated_by: Mapping[str, Any] = field(default_factory=dict)
+    flat_keys: tuple[str, ...] = ()
+    since: str = "0.1"
+    family: str = ""
+    provider: str = "built-in"
+    version: str = ""
+    plugin: str = ""
+
+    def load_factory(self) -> Callable[..., Any]:
+        """Import and return the factory (the only place a component's heavy code loads)."""
+        module, _, attr = self.factory.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def default_config(self) -> Any:
+        return self.config() if self.config is not None else None
+
+    def make_config(self, options: Mapping[str, Any]) -> Any:
+        if self.config is None:
+            if options:
+                raise ConfigError(f"{self.name}: takes no options, got {sorted(options)}")
+            return None
+        return self.config(**options)
+
+
+def config_fields(config: type | None) -> dict[str, dataclasses.Field]:
+    """The dataclass fields of a component config, by name (empty when there is no config)."""
+    if config is None:
+        return {}
+    return {f.name: f for f in dataclasses.fields(config)}
+
+
+def _type_hints(config: type) -> dict[str, Any]:
+    return typing.get_type_hints(config)
+
+
+def describe_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe_type(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(describe_type(a) for a in typing.get_args(tp) if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated type ``tp``; raise ``ValueError`` naming ``where``.
+
+    YAML 1.1 reads ``2e-4`` as a string, so numbers in strings are accepted for float fields.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
+                         f"{did_you_mean(str(value), [str(a) for a in args])}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce_value(value, a, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not {describe_type(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        out = [coerce_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def validate_options(spec: ComponentSpec, options: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """Check ``options`` against ``spec.config``: unknown keys and bad values become problems."""
+    fields = config_fields(spec.config)
+    hints = _type_hints(spec.config) if spec.config is not None else {}
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in options.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            problems.append(
+                f"{where}: unknown option '{key}' for {spec.name}{did_you_mean(key, fields)}; "
+                f"valid options: {valid} (see `vlmplug info {spec.name}`)"
+            )
+            continue
+        try:
+            out[key] = coerce_value(value, hints.get(key, Any), f"{where}.{key}")
+        except ValueError as e:
+            problems.append(str(e))
+    if not problems and spec.config is not None:
+        try:
+            spec.config(**out)  # runs __post_init__ validation
+        except (ValueError, TypeError) as e:
+            problems.append(f"{where}: {e}")
+    return out, problems
+
+
+class Registry:
+    """All registered components by name, with alias lookup and duplicate detection."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, ComponentSpec] = {}
+        self._aliases: dict[str, str] = {}
+        self.errors: list[str] = []
+
+    def add(self, spec: ComponentSpec) -> None:
+        for name in (spec.name, *spec.aliases):
+            owner = self._by_name.get(name) or self._by_name.get(self._aliases.get(name, ""))
+            if owner is not None:
+                raise ConfigError(
+                    f"component name '{name}' is registered twice: by {owner.provider} "
+                    f"(plugin {owner.plugin}) and by {spec.provider} (plugin {spec.plugin}); "
+                    f"uninstall one, or disable it with VLMPLUG_DISABLE_PLUGINS={spec.plugin}"
+                )
+        self._by_name[spec.name] = spec
+        for alias in spec.aliases:
+            self._aliases[alias] = spec.name
+
+    def get(self, name: str) -> ComponentSpec | None:
+        name = self._aliases.get(name, name)
+        return self._by_name.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __iter__(self) -> Iterator[ComponentSpec]:
+        return iter(sorted(self._by_name.values(), key=lambda s: (FAMILIES.index(s.family), s.name)))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self, family: str | None = None) -> list[str]:
+        return [s.name for s in self if family is None or s.family == family]
+
+    def family(self, family: str) -> list[ComponentSpec]:
+        return [s for s in self if s.family == family]

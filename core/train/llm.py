@@ -1,0 +1,88 @@
+"""The language model and its tokenizer.
+
+``model`` is any ``AutoModelForCausalLM`` hub id or local path (the same code path for
+``meta-llama/Meta-Llama-3.1-8B`` and a temp dir), or the preset ``tiny-llama``: a small random-init
+Llama built from a config, with a byte-level BPE tokenizer trained offline on the run's own texts
+(so nothing is downloaded). The image placeholder is added to every tokenizer as a special token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from vlmplug.errors import ConfigError
+
+__all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokenizer", "load_llm"]
+
+PRESETS = {
+    "tiny-llama": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False),
+}
+
+TINY_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+TINY_SPECIALS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def build_tiny_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int = 512) -> Any:
+    """Train a byte-level BPE tokenizer on ``texts`` (deterministic; byte fallback covers any text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*TINY_SPECIALS, image_token],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
+                                   additional_special_tokens=[image_token])
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def load_tokenizer(name: str, image_token: str, hub_kwargs: dict[str, Any], chat_template: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name, **hub_kwargs)
+    if image_token not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [image_token]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if chat_template:
+        tok.chat_template = chat_template
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(
+            f"tokenizer: '{name}' has no chat template; use an instruct tokenizer "
+            f"(tokenizer: <the -Instruct model>) or set chat_template: in the recipe"
+        )
+    return tok
+
+
+def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any], load_kwargs: dict[str, Any],
+             hub_kwargs: dict[str, Any], attn_implementation: str) -> tuple[Any, bool]:
+    """Return ``(model, from_preset)``; embeddings are resized to the tokenizer when it grew."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    if model in PRESETS:
+        cfg = LlamaConfig(**{**PRESETS[model], **overrides}, vocab_size=len(tokenizer),
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          bos_token_id=tokenizer.bos_token_id, **attn)
+        from transformers import LlamaForCausalLM
+
+        llm = LlamaForCausalLM(cfg).to(dtype)
+        llm.generation_config.pad_token_id = tokenizer.pad_token_id
+        llm.generation_config.eos_token_id = tokenizer.eos_token_id
+        return llm, True
+    llm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **attn, **load_kwargs, **hub_kwargs)
+    for key, value in overrides.items():
+        setattr(llm.config, key, value)
+    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(len(tokenizer))
+    if llm.generation_config.pad_token_id is None:
+        llm.generation_config.pad_token_id = tokenizer.pad_token_id
+    return llm, False

@@ -1,0 +1,96 @@
+"""Reader for the ``messages`` format (JSON list or JSONL), validating every row up front."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlmplug.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (dataset paths are relative to where you run vlmplug)")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); use a list of records "
+                        f"or a .jsonl file") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return [(i, row) for i, row in enumerate(data)]
+
+
+def _check(row: Any, where: str) -> str | None:
+    if not isinstance(row, dict):
+        return f"{where}: expected an object with 'messages', got {type(row).__name__}"
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return f"{where}: 'messages' must be a non-empty list of {{role, content}}"
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"{where}: messages[{j}] must have role in {ROLES} and string content, got {m!r:.80}"
+    if not any(m["role"] == "assistant" for m in msgs):
+        return f"{where}: no assistant message, so there is nothing to learn"
+    images = row.get("images", [])
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        return f"{where}: 'images' must be a list of paths or data URIs"
+    return None
+
+
+class MessagesDataset(Sequence):
+    def __init__(self, config: Any, skip_bad: bool = False):
+        self.skipped: list[str] = []  # reasons, reported by the run
+        self.path = Path(config.path)
+        root = Path(config.image_root) if config.image_root else self.path.parent
+        rows = _rows(self.path)
+        if config.max_samples is not None:
+            rows = rows[: config.max_samples]
+        label = "line" if self.path.suffix == ".jsonl" else "record"
+        self.samples: list[dict[str, Any]] = []
+        problems = []
+        for n, row in rows:
+            where = f"{self.path}:{n}" if label == "line" else f"{self.path} record {n}"
+            problem = _check(row, where)
+            if problem:
+                problems.append(problem)
+                continue
+            images = row.get("images", [])
+            images = [images] if isinstance(images, str) else images
+            resolved = [i if i.startswith(("data:", "http://", "https://")) or Path(i).is_absolute()
+                        else str(root / i) for i in images]
+            self.samples.append({**row, "images": resolved, "_where": where})
+        if problems and skip_bad:
+            self.skipped = problems
+        elif problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise DataError(f"{len(problems)} malformed row(s) in {self.path}{more}:\n  "
+                            + "\n  ".join(problems[:5])
+                            + "\nfix the rows, or set on_bad_sample: skip to skip and count them")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.samples[i]
+
+
+def build(config: Any, ctx: Any) -> MessagesDataset:
+    return MessagesDataset(config, skip_bad=ctx.on_bad_sample == "skip")

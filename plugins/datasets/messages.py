@@ -1,0 +1,50 @@
+"""``messages``: the guide's conversational format -- ``messages`` plus ``images``, JSON or JSONL.
+
+Each record::
+
+    {"messages": [{"role": "user", "content": "<image>\\nWhat is in this image?"},
+                  {"role": "assistant", "content": "A cat."}],
+     "images": ["cat.jpg"]}
+
+Image paths are relative to the data file (or ``image_root``); ``data:`` base64 URIs work too.
+Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from vlmplug import ComponentSpec, hookimpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessagesConfig:
+    path: str = field(default="", metadata={"help": "A .json (list of records) or .jsonl file."})
+    image_root: Optional[str] = field(default=None,
+                                      metadata={"help": "Folder image paths are relative to (default: the file's)."})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "Read at most this many records."})
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: the messages format needs a file path")
+
+
+SPEC = ComponentSpec(
+    name="messages",
+    summary="Conversations as {messages, images} records in JSON or JSONL (the guide's format)",
+    factory="vlmplug.plugins.datasets._messages:build",
+    config=MessagesConfig,
+)
+
+
+@hookimpl
+def register_dataset_formats(register) -> None:
+    register(SPEC)
+
+
+@hookimpl(trylast=True)
+def detect_dataset_format(path: str, sample: dict[str, Any] | None) -> str | None:
+    if isinstance(sample, dict) and isinstance(sample.get("messages"), list):
+        return "messages"
+    return None

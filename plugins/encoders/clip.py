@@ -1,0 +1,56 @@
+"""``clip``: the CLIP ViT vision tower (Radford et al. 2021), as used by LLaVA (Liu et al. 2023).
+
+Features come from a hidden layer (LLaVA-1.5 takes the penultimate, ``feature_layer: -2``) with the
+CLS token dropped, so a ViT-L/14 at 336 px gives 576 patch tokens of width 1024.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmplug import ComponentSpec, hookimpl
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipConfig:
+    model: str = field(default="openai/clip-vit-large-patch14-336",
+                       metadata={"help": "Hub id or local path of a CLIP (vision) model, or 'tiny' to build a "
+                                         "random-init tower from the tiny_* options."})
+    feature_layer: int = field(default=-2, metadata={"help": "Hidden layer the features come from (-1 = last)."})
+    drop_cls: bool = field(default=True, metadata={"help": "Drop the CLS token, keeping only patch tokens."})
+    tiny_image_size: int = field(default=64, metadata={"help": "tiny preset: input resolution in pixels."})
+    tiny_patch_size: int = field(default=16, metadata={"help": "tiny preset: patch size in pixels."})
+    tiny_hidden_size: int = field(default=64, metadata={"help": "tiny preset: transformer width."})
+    tiny_layers: int = field(default=3, metadata={"help": "tiny preset: number of transformer layers."})
+    tiny_heads: int = field(default=4, metadata={"help": "tiny preset: attention heads."})
+
+    def __post_init__(self) -> None:
+        if self.feature_layer == 0:
+            raise ValueError("feature_layer: 0 is the patch embedding, not a transformer layer; use -1 or -2")
+        if self.model == "tiny" and self.tiny_image_size % self.tiny_patch_size:
+            raise ValueError("tiny_image_size must be a multiple of tiny_patch_size")
+
+
+SPEC = ComponentSpec(
+    name="clip",
+    summary="CLIP ViT vision tower (LLaVA's encoder); hub id, local path or tiny preset",
+    factory="vlmplug.plugins.encoders._clip:build",
+    config=ClipConfig,
+)
+
+
+@hookimpl
+def register_vision_encoders(register) -> None:
+    register(SPEC)
+
+
+@hookimpl(trylast=True)
+def detect_vision_encoder(model: str, config: dict[str, Any] | None) -> str | None:
+    if config is not None:
+        kind = str(config.get("model_type", ""))
+        return "clip" if kind in ("clip", "clip_vision_model") else None
+    lowered = model.lower()
+    if "clip" in lowered and "eva" not in lowered and "siglip" not in lowered:
+        return "clip"
+    return None

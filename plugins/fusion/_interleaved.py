@@ -1,0 +1,55 @@
+"""Interleaved fusion (LLaVA, Liu et al. 2023): each ``<image>`` placeholder in the text is expanded
+to the connector's token budget by the data pipeline, and here those positions of the input
+embeddings are overwritten with the vision tokens, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vlmplug.train.vlm import VisionLanguageModel
+
+
+class InterleavedVLM(VisionLanguageModel):
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        is_image = input_ids == self.image_token_id
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        n_slots = int(is_image.sum())
+        if pixel_values is None or pixel_values.numel() == 0:
+            if n_slots:
+                raise ValueError(f"the batch has {n_slots} image-token positions but no pixel_values")
+            return embeds
+        vision = self.encode_images(pixel_values)  # [N_img, T, H]
+        if vision.shape[0] * vision.shape[1] != n_slots:
+            raise ValueError(
+                f"the batch has {n_slots} image-token positions but {vision.shape[0]} images x "
+                f"{vision.shape[1]} tokens = {vision.shape[0] * vision.shape[1]} vision tokens"
+            )
+        mask = is_image.unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(mask, vision.to(embeds.dtype).reshape(-1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        kwargs.pop("num_items_in_batch", None)
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        embeds = self.embed(input_ids, pixel_values)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+
+class InterleavedFusion:
+    def placeholder_tokens(self, connector: Any) -> int:
+        return int(connector.num_tokens)
+
+    def build(self, *, llm: Any, vision_encoder: Any, connector: Any, image_token_id: int) -> InterleavedVLM:
+        return InterleavedVLM(vision_encoder, connector, llm, image_token_id)
+
+
+def build(config: Any, ctx: Any) -> InterleavedFusion:
+    return InterleavedFusion()

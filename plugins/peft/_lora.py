@@ -1,0 +1,61 @@
+"""LoRA through ``peft`` (Hu et al. 2021), scoped to the LLM of a vision-language model.
+
+The adapter is saved with ``PeftModel.save_pretrained`` under ``adapter/``, so plain peft loads it:
+``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "adapter")``. When the LLM
+was built from a preset (random init) its base weights are saved under ``llm_base/`` too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class LoraMethod:
+    def __init__(self, config: Any):
+        self.config = config
+        self._base_state: dict[str, torch.Tensor] | None = None
+
+    def model_load_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def apply(self, vlm: Any) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        c = self.config
+        if vlm.manifest.get("llm_preset"):  # keep the random-init base so the adapter can be reloaded
+            self._base_state = {k: v.detach().clone() for k, v in vlm.llm.state_dict().items()}
+        for p in vlm.parameters():
+            p.requires_grad_(False)
+        target = c.lora_target_modules
+        peft_config = LoraConfig(
+            r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+            target_modules=target if isinstance(target, str) else list(target),
+            modules_to_save=list(c.lora_modules_to_save) or None, task_type="CAUSAL_LM",
+        )
+        vlm.llm = get_peft_model(vlm.llm, peft_config)
+        for p in vlm.connector.parameters():
+            p.requires_grad_(True)
+        if c.train_vision_encoder:
+            for p in vlm.vision_encoder.parameters():
+                p.requires_grad_(True)
+        vlm.peft_method = self
+        return vlm
+
+    def save_llm(self, vlm: Any, directory: Path) -> dict[str, str]:
+        directory = Path(directory)
+        vlm.llm.save_pretrained(directory / "adapter")
+        written = {"adapter": "adapter"}
+        if self._base_state is not None:
+            base = vlm.llm.get_base_model()
+            fresh = type(base)(base.config)
+            fresh.load_state_dict(self._base_state)
+            fresh.save_pretrained(directory / "llm_base")
+            written["llm_base"] = "llm_base"
+        return written
+
+
+def build(config: Any, ctx: Any) -> LoraMethod:
+    return LoraMethod(config)

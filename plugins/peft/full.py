@@ -1,0 +1,29 @@
+"""``full``: full fine-tuning -- every parameter trains, except the parts listed in ``freeze``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlmplug import ComponentSpec, hookimpl
+
+Part = Literal["vision_encoder", "connector", "llm"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullConfig:
+    freeze: list[Part] = field(default_factory=list,
+                               metadata={"help": "Parts kept frozen: any of vision_encoder, connector, llm."})
+
+
+SPEC = ComponentSpec(
+    name="full",
+    summary="Full fine-tuning of every part (optionally freezing some)",
+    factory="vlmplug.plugins.peft._full:build",
+    config=FullConfig,
+)
+
+
+@hookimpl
+def register_peft_methods(register) -> None:
+    register(SPEC)
