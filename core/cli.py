@@ -134,7 +134,7 @@ def info(name: str, as_json: bool) -> None:
     if spec is None:
         from .recipe import _Resolver
 
-        raise ConfigError(_Resolver(host.registry, host).unknown_name(name, None, "info"))
+        raise ConfigError(_Resolver(host.registry, host).unknown_name(name, None, "info"), header="unknown component")
     import typing
 
     hints = typing.get_type_hints(spec.config) if spec.config else {}
@@ -295,7 +295,8 @@ def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json
     host = _host()
     spec = host.registry.get(evaluator_name)
     if spec is None or spec.family != "evaluator":
-        raise ConfigError(_Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"))
+        raise ConfigError(_Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"),
+                          header="unknown evaluator")
     evaluator = spec.load_factory()(spec.default_config(), None)
     rows = []
     with open(predictions, encoding="utf-8") as fh:

@@ -35,11 +35,13 @@ class VlmplugError(Exception):
 class ConfigError(VlmplugError):
     """A recipe, ``--plugins`` or ``--set`` problem. Carries *all* problems found, each with its fix."""
 
-    def __init__(self, problems: list[str] | str):
+    def __init__(self, problems: list[str] | str, header: str = "the recipe does not resolve"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         n = len(self.problems)
-        head = "the recipe does not resolve" if n != 1 else "the recipe does not resolve"
-        lines = [f"{head} ({n} problem{'s' if n != 1 else ''}):"]
+        if n == 1 and header != "the recipe does not resolve":
+            super().__init__(self.problems[0])
+            return
+        lines = [f"{header} ({n} problem{'s' if n != 1 else ''}):"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 

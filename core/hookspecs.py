@@ -199,6 +199,9 @@ def on_run_start(recipe: ResolvedRecipe, run_dir: str) -> None:
 def on_model_built(model: Any, recipe: ResolvedRecipe) -> None:
     """The vision-language model is assembled (after PEFT and stack patches).
 
+    :param model: the :class:`vlmplug.train.vlm.VisionLanguageModel`.
+    :param recipe: the resolved recipe of the run.
+
     .. versionadded:: 1.0
     """
 
@@ -214,6 +217,9 @@ def on_train_start(state: Any) -> None:
 @hookspec
 def on_log(state: Any, metrics: dict[str, float]) -> None:
     """Called at the logging interval (never per micro-step) with the logged metrics.
+
+    :param state: transformers' ``TrainerState``.
+    :param metrics: the logged values (``loss``, ``learning_rate``, ``grad_norm``, ...).
 
     .. versionadded:: 1.0
     """
@@ -238,6 +244,9 @@ def on_eval_end(results: dict[str, Any]) -> None:
 @hookspec
 def on_run_end(run_dir: str, metrics: dict[str, Any]) -> None:
     """The run finished and everything is saved.
+
+    :param run_dir: the run directory.
+    :param metrics: what ``metrics.json`` holds.
 
     .. versionadded:: 1.0
     """

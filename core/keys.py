@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["CORE_KEYS", "TRAINING_KEYS", "PLANNED_KEYS", "PLANNED_COMPONENTS", "PLANNED_VALUES"]
+__all__ = ["CORE_KEYS", "TRAINING_KEYS", "TRAINING_ALIASES", "PLANNED_KEYS", "PLANNED_COMPONENTS",
+           "PLANNED_VALUES"]
 
 # name -> (type, default, help)
 CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -63,7 +64,6 @@ TRAINING_KEYS: dict[str, Any] = {
     "adam_epsilon": float,
     "max_grad_norm": float,
     "lr_scheduler_type": str,
-    "warmup_ratio": float,
     "warmup_steps": Union[int, float],
     "logging_steps": Union[int, float],
     "logging_first_step": bool,
@@ -75,11 +75,18 @@ TRAINING_KEYS: dict[str, Any] = {
     "optim": str,
     "dataloader_num_workers": int,
     "dataloader_drop_last": bool,
-    "group_by_length": bool,
+    "train_sampling_strategy": str,
     "label_smoothing_factor": float,
     "report_to": Union[str, list],
     "run_name": Optional[str],
     "torch_compile": bool,
+}
+
+#: Training keys of older transformers / the guide that TrainingArguments 5.x spells differently:
+#: key -> (type, TrainingArguments field, how the value maps).
+TRAINING_ALIASES: dict[str, tuple[Any, str, str]] = {
+    "warmup_ratio": (float, "warmup_steps", "a float in [0, 1) is read as a fraction of the total steps"),
+    "group_by_length": (bool, "train_sampling_strategy", "true -> 'group_by_length'"),
 }
 
 #: Guide keys whose component is not in this release: key -> (component, family).

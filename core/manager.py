@@ -145,7 +145,7 @@ class PluginHost:
 
     def check_pending(self) -> None:
         """Mark plugins implementing an unknown hook as broken (a misspelled hook is a bug)."""
-        known = [n for n in dir(hookspecs) if not n.startswith("_")]
+        known = [n for n, f in vars(hookspecs).items() if hasattr(f, "vlmplug_spec")]
         for name in list(vars(self.pm.hook)):
             caller = getattr(self.pm.hook, name)
             if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
@@ -165,7 +165,7 @@ class PluginHost:
         for family in FAMILIES:
             hook_name = hookspecs.REGISTRATION_HOOKS[family]
             caller = getattr(self.pm.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():  # registration order: built-ins first keep their names
                 info = self.plugins.get(impl.plugin_name)
                 if info is None or info.error:
                     continue

@@ -23,7 +23,7 @@ import yaml
 from . import deps
 from ._version import __version__
 from .errors import ConfigError, did_you_mean
-from .keys import CORE_KEYS, PLANNED_COMPONENTS, PLANNED_KEYS, PLANNED_VALUES, TRAINING_KEYS
+from .keys import CORE_KEYS, PLANNED_COMPONENTS, PLANNED_KEYS, PLANNED_VALUES, TRAINING_ALIASES, TRAINING_KEYS
 from .registry import FAMILY_TITLES, SINGLE_FAMILIES, ComponentSpec, Registry, coerce_value, validate_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -272,7 +272,7 @@ def resolve(
     sets = list(sets)
 
     # --set on a key that selects components acts on the recipe itself (it still wins over the file)
-    selecting = set(SINGLE_KEYS) | set(LIST_KEYS) | {k for s in registry for k in s.activated_by}
+    selecting = set(SINGLE_KEYS) | set(LIST_KEYS) | {"use_peft"} | {k for s in registry for k in s.activated_by}
     late_sets: list[tuple[str, Any]] = []
     for key, value in sets:
         if key in selecting:
@@ -292,7 +292,7 @@ def resolve(
         planned = PLANNED_VALUES.get((key, value))
         if planned:
             comp, fam = planned
-            r.problems.append(f"{where}: {key}: {value} needs '{comp}' ({FAMILY_TITLES[fam]}), which is on the "
+            r.problems.append(f"{where}: {value} needs '{comp}' ({FAMILY_TITLES[fam]}), which is on the "
                               f"vlmplug roadmap but not available in vlmplug {__version__}")
             return
         try:
@@ -302,6 +302,24 @@ def resolve(
 
     def set_training(key: str, value: Any, where: str) -> None:
         try:
+            if key in TRAINING_ALIASES:
+                tp, target, _ = TRAINING_ALIASES[key]
+                value = coerce_value(value, tp, where)
+                if key == "warmup_ratio":
+                    if not 0 <= value < 1:
+                        raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {value}")
+                    if "warmup_steps" in training and training.get("_warmup_from") != key:
+                        raise ValueError(f"{where}: set warmup_ratio or warmup_steps, not both")
+                    training["warmup_steps"] = value
+                    training["_warmup_from"] = key
+                    r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
+                                   f"below 1 as a fraction of the total steps)")
+                elif key == "group_by_length":
+                    if value:
+                        training["train_sampling_strategy"] = "group_by_length"
+                return
+            if key == "warmup_steps" and training.get("_warmup_from") == "warmup_ratio":
+                raise ValueError(f"{where}: set warmup_ratio or warmup_steps, not both")
             training[key] = coerce_value(value, TRAINING_KEYS[key], where)
         except ValueError as e:
             r.problems.append(str(e))
@@ -310,7 +328,7 @@ def resolve(
         where = key
         if key in CORE_KEYS:
             set_core(key, value, where)
-        elif key in TRAINING_KEYS:
+        elif key in TRAINING_KEYS or key in TRAINING_ALIASES:
             set_training(key, value, where)
         elif key == "training_args":
             if isinstance(value, Mapping):
@@ -365,14 +383,10 @@ def resolve(
                 owned[key] = value
         if consumed:
             continue
-        if key in PLANNED_KEYS:
-            comp, fam = PLANNED_KEYS[key]
-            if registry.get(comp) is None:
-                r.problems.append(f"{key}: configures '{comp}' ({FAMILY_TITLES[fam]}), which is on the vlmplug "
-                                  f"roadmap but not available in vlmplug {__version__}; remove the key or "
-                                  f"install a plugin that provides '{comp}'")
-                continue
-        known = [*CORE_KEYS, *TRAINING_KEYS, *SINGLE_KEYS, *LIST_KEYS, "training_args",
+        if key in PLANNED_KEYS and registry.get(PLANNED_KEYS[key][0]) is None:
+            r.problems.append(_planned_key_problem(key))
+            continue
+        known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *SINGLE_KEYS, *LIST_KEYS, "training_args",
                  *{k for s in registry for k in (*s.activated_by, *s.flat_keys)}]
         r.problems.append(f"{key}: unknown recipe key{did_you_mean(key, known)} "
                           f"(recipe keys are listed in docs/recipes.md; component options in `vlmplug info NAME`)")
@@ -516,7 +530,7 @@ def resolve(
         if key in CORE_KEYS:
             set_core(key, value, where)
             continue
-        if key in TRAINING_KEYS:
+        if key in TRAINING_KEYS or key in TRAINING_ALIASES:
             set_training(key, value, where)
             continue
         head, _, rest = key.partition(".")
@@ -534,7 +548,7 @@ def resolve(
             targets = [o for s, o, _ in all_sel if head in (s.name, s.family)]
             if not targets:
                 r.problems.append(f"{where}: '{head}' is not a selected component or family "
-                                  f"(selected: {', '.join(s.name for s, _, _ in all_sel)})")
+                                  f"(selected: {', '.join(dict.fromkeys(s.name for s, _, _ in all_sel))})")
             for o in targets:
                 o[rest] = value
             continue
@@ -543,7 +557,10 @@ def resolve(
             for o in owners:
                 o[key] = value
             continue
-        known = [*CORE_KEYS, *TRAINING_KEYS, *{k for s, _, _ in all_sel for k in s.flat_keys}]
+        if key in PLANNED_KEYS and registry.get(PLANNED_KEYS[key][0]) is None:
+            r.problems.append(_planned_key_problem(key))
+            continue
+        known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *{k for s, _, _ in all_sel for k in s.flat_keys}]
         r.problems.append(f"{where}: unknown key{did_you_mean(key, known)}; use a recipe key, "
                           f"COMPONENT.OPTION or FAMILY.OPTION (see `vlmplug info NAME`)")
 
@@ -571,6 +588,7 @@ def resolve(
         seen: dict[str, ComponentSpec] = {s.name: s.spec for s in chosen}
         r.problems.extend(deps.check(seen.values()))
 
+    training.pop("_warmup_from", None)
     if r.problems:
         raise ConfigError(list(dict.fromkeys(r.problems)))
     return ResolvedRecipe(
@@ -578,6 +596,12 @@ def resolve(
         training=training, training_args=training_args, single=resolved_single, datasets=datasets,
         eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
     )
+
+
+def _planned_key_problem(key: str) -> str:
+    comp, fam = PLANNED_KEYS[key]
+    return (f"{key}: configures '{comp}' ({FAMILY_TITLES[fam]}), which is on the vlmplug roadmap but not "
+            f"available in vlmplug {__version__}; remove the key or install a plugin that provides '{comp}'")
 
 
 def _detect_format(r: _Resolver, path: str, where: str) -> str | None:

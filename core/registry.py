@@ -244,7 +244,8 @@ class Registry:
                 raise ConfigError(
                     f"component name '{name}' is registered twice: by {owner.provider} "
                     f"(plugin {owner.plugin}) and by {spec.provider} (plugin {spec.plugin}); "
-                    f"uninstall one, or disable it with VLMPLUG_DISABLE_PLUGINS={spec.plugin}"
+                    f"uninstall one, or disable it with VLMPLUG_DISABLE_PLUGINS={spec.plugin}",
+                    header="plugin conflict",
                 )
         self._by_name[spec.name] = spec
         for alias in spec.aliases:

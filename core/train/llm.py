@@ -57,7 +57,8 @@ def load_tokenizer(name: str, image_token: str, hub_kwargs: dict[str, Any], chat
     if not getattr(tok, "chat_template", None):
         raise ConfigError(
             f"tokenizer: '{name}' has no chat template; use an instruct tokenizer "
-            f"(tokenizer: <the -Instruct model>) or set chat_template: in the recipe"
+            f"(tokenizer: <the -Instruct model>) or set chat_template: in the recipe",
+            header="tokenizer",
         )
     return tok
 

@@ -74,7 +74,8 @@ def pick_run_dir(recipe: ResolvedRecipe, output_dir: str | None) -> Path:
     if explicit:
         path = Path(explicit)
         if path.exists() and any(path.iterdir()) and not recipe.core["overwrite_output_dir"] and not resume:
-            raise ConfigError(f"output_dir {path} is not empty; choose another, or set overwrite_output_dir: true")
+            raise ConfigError(f"output_dir {path} is not empty; choose another, or set overwrite_output_dir: true",
+                              header="output directory")
         return path
     base = Path("runs") / recipe.name
     path, n = base, 1
@@ -102,7 +103,8 @@ def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, st
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
     unknown = [k for k in recipe.training_args if k not in valid]
     if unknown:
-        raise ConfigError([f"training_args.{k}: not a TrainingArguments field{did_you_mean(k, valid)}" for k in unknown])
+        raise ConfigError([f"training_args.{k}: not a TrainingArguments field{did_you_mean(k, valid)}" for k in unknown],
+                          header="training arguments are invalid")
     args.update(recipe.training_args)
     for comp in stack:
         if hasattr(comp, "update_training_args"):
@@ -111,7 +113,7 @@ def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, st
     try:
         return TrainingArguments(**args)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"training arguments: {e}") from e
+        raise ConfigError(f"training arguments: {e}", header="training arguments are invalid") from e
 
 
 def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, console: Any = None) -> RunResult:

@@ -27,6 +27,9 @@ class LoraConfig:
     train_vision_encoder: bool = field(default=False, metadata={"help": "Also train the vision tower in full."})
 
     def __post_init__(self) -> None:
+        target = self.lora_target_modules
+        if isinstance(target, str) and "," in target:  # --set lora_target_modules=q_proj,v_proj
+            object.__setattr__(self, "lora_target_modules", [t.strip() for t in target.split(",") if t.strip()])
         if self.lora_r < 1:
             raise ValueError("lora_r must be a positive integer")
         if not 0 <= self.lora_dropout < 1:
