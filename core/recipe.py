@@ -289,7 +289,7 @@ def resolve(
 
     def set_core(key: str, value: Any, where: str) -> None:
         tp = CORE_KEYS[key][0]
-        planned = PLANNED_VALUES.get((key, value))
+        planned = PLANNED_VALUES.get((key, value)) if isinstance(value, (str, int, float, bool)) else None
         if planned:
             comp, fam = planned
             r.problems.append(f"{where}: {value} needs '{comp}' ({FAMILY_TITLES[fam]}), which is on the "

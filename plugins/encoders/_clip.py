@@ -28,7 +28,8 @@ class ImagePipeline:
         crop = processor.crop_size or {}
         self.shortest_edge = int(size.get("shortest_edge") or size.get("height") or 224)
         self.crop = (int(crop.get("height", self.shortest_edge)), int(crop.get("width", self.shortest_edge)))
-        self.resample = _RESAMPLE.get(int(getattr(processor, "resample", 3) or 3), Image.BICUBIC)
+        resample = getattr(processor, "resample", None)
+        self.resample = _RESAMPLE.get(int(resample if resample is not None else 3), Image.BICUBIC)
         self.scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
         mean = np.asarray(processor.image_mean if processor.do_normalize else (0, 0, 0), dtype=np.float32)
         std = np.asarray(processor.image_std if processor.do_normalize else (1, 1, 1), dtype=np.float32)
@@ -49,7 +50,7 @@ class ImagePipeline:
             image = image.resize((nw, nh), self.resample)
             w, h = nw, nh
         if (w, h) != (cw, ch):
-            left, top = int(round((w - cw) / 2.0)), int(round((h - ch) / 2.0))
+            left, top = (w - cw) // 2, (h - ch) // 2
             image = image.crop((left, top, left + cw, top + ch))
         return np.asarray(image)
 

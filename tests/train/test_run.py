@@ -1,0 +1,143 @@
+"""End-to-end runs through `vlmplug.train.run` on tiny models: LoRA adapters that load with plain
+peft, atomic checkpoints and resume, messages data from disk, early hardware errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmplug.errors import DataError, HardwareError
+from vlmplug.manager import load
+from vlmplug.recipe import parse_set, resolve
+
+TINY = {
+    "name": "t",
+    "model": "tiny-llama",
+    "model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "vision_encoder": {"name": "clip", "model": "tiny", "tiny_image_size": 32, "tiny_hidden_size": 32,
+                       "tiny_layers": 2, "tiny_heads": 2, "feature_layer": -1},
+    "connector": "mlp",
+    "datasets": [{"format": "shapes", "num_samples": 64, "seed": 0, "image_size": 32}],
+    "eval_datasets": [{"format": "shapes", "num_samples": 8, "seed": 1, "image_size": 32}],
+    "evaluators": ["vqa"],
+    "max_seq_length": 48,
+    "max_steps": 4,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "eval_max_new_tokens": 3,
+    "num_threads": 2,
+}
+
+
+def run(data: dict, tmp_path: Path, *sets: str, plugins: tuple[str, ...] = ()):
+    from rich.console import Console
+
+    from vlmplug.train.run import run as run_training
+
+    host = load(autoload=False)
+    recipe = resolve(data, host.registry, host=host, plugins=plugins, sets=parse_set(sets))
+    return run_training(recipe, host, output_dir=str(tmp_path / "run"), console=Console(quiet=True))
+
+
+def test_full_run_writes_everything(tmp_path: Path) -> None:
+    result = run(TINY, tmp_path, "eval_blank_images=true")
+    d = result.run_dir
+    for name in ("resolved_recipe.yaml", "metrics.json", "train.log", "run.log", "predictions_after.jsonl",
+                 "model/connector.safetensors", "model/llm/model.safetensors", "model/llm/config.json",
+                 "model/vision_encoder/model.safetensors", "model/vision_encoder/preprocessor_config.json",
+                 "model/tokenizer/tokenizer.json", "model/processor/preprocessor_config.json",
+                 "model/vlmplug_model.json"):
+        assert (d / name).is_file(), name
+    assert not list(d.glob("*.partial"))
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 4
+    for key in ("before", "after"):
+        assert {"accuracy", "per_type", "yes_ratio", "blank_image_accuracy"} <= set(metrics[key])
+        assert set(metrics[key]["per_type"]) == {"color", "shape", "count", "presence"}
+    logs = [json.loads(line) for line in (d / "train.log").read_text().splitlines()]
+    assert [entry["step"] for entry in logs if "loss" in entry] == [1, 2, 3, 4]
+    resolved = (d / "resolved_recipe.yaml").read_text()
+    assert "provider: built-in" in resolved and "training_args_full" in resolved
+
+
+def test_lora_adapter_loads_with_plain_peft(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(TINY, tmp_path, "eval_before_training=false", "lora_modules_to_save=[lm_head]",
+                 plugins=("lora",))
+    model_dir = result.run_dir / "model"
+    assert (model_dir / "adapter" / "adapter_config.json").is_file()
+    assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((model_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and "lm_head" in config["modules_to_save"]
+    assert not any("vision" in m or "proj.0" in m for m in config["target_modules"])
+    base = AutoModelForCausalLM.from_pretrained(model_dir / "llm_base")
+    reloaded = PeftModel.from_pretrained(base, model_dir / "adapter").eval()
+    trained = result.model.llm.eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-5)
+
+
+def test_atomic_checkpoints_and_resume(tmp_path: Path) -> None:
+    run(TINY, tmp_path, "save_strategy=steps", "save_steps=2", "eval_before_training=false")
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (ckpts / "checkpoint-4" / "model.safetensors").is_file()
+    assert (ckpts / "checkpoint-4" / "optimizer.pt").is_file()
+    result = run(TINY, tmp_path, "save_strategy=steps", "save_steps=2", "eval_before_training=false",
+                 "max_steps=6", "resume_from_checkpoint=last")
+    assert result.metrics["train"]["steps"] == 6
+    logs = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert [e["step"] for e in logs if "loss" in e][-2:] == [5, 6]  # resumed at 4, not from 0
+
+
+def test_tf32_on_cpu_fails_before_any_model_loads(tmp_path: Path) -> None:
+    with pytest.raises(HardwareError, match="tf32: true needs an NVIDIA Ampere"):
+        run({**TINY, "tf32": True}, tmp_path)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def _write_messages(tmp_path: Path) -> Path:
+    img_dir = tmp_path / "data" / "img"
+    img_dir.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(img_dir / "red.png")
+    Image.new("RGB", (40, 30), (10, 10, 200)).save(img_dir / "blue.png")
+    (img_dir / "corrupt.png").write_bytes(b"not a png at all")
+    rows = [
+        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
+         "images": ["img/red.png"]},
+        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "blue"}],
+         "images": ["img/blue.png"]},
+        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
+         "images": ["img/missing.png"]},
+        {"messages": [{"role": "user", "content": "Color?"}, {"role": "assistant", "content": "red"}],
+         "images": ["img/red.png"]},
+        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
+         "images": ["img/corrupt.png"]},
+    ]
+    path = tmp_path / "data" / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_bad_rows_error_names_file_and_line(tmp_path: Path) -> None:
+    path = _write_messages(tmp_path)
+    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": []}
+    with pytest.raises(DataError, match=r"train\.jsonl:3: image not found: .*missing\.png"):
+        run(data, tmp_path)
+
+
+def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
+    path = _write_messages(tmp_path)
+    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "on_bad_sample": "skip",
+            "max_steps": 1}
+    result = run(data, tmp_path)
+    assert result.metrics["train_samples"] == 2
+    assert result.metrics["skipped_samples"] == 3
