@@ -92,9 +92,10 @@ def summarize(metrics: dict[str, float]) -> dict[str, Any]:
 
 def prior_answers(train: Sequence[dict[str, Any]], evaluator: Any, max_samples: int = 5000) -> dict[str | None, str]:
     """Most common reference answer per question type in (a strided subset of) the training data."""
-    step = max(1, len(train) // max_samples)
+    from .run import spread_indices
+
     counts: dict[str | None, Counter] = {}
-    for i in range(0, len(train), step):
+    for i in spread_indices(len(train), max_samples):
         s = train[i]
         refs = evaluator.references(s)
         if not refs:

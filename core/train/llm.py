@@ -17,26 +17,37 @@ __all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokeni
 
 PRESETS = {
     "tiny-llama": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False),
+                       num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True),
 }
 
+# The space after each role tag is the word-boundary marker the tokenizer puts there anyway, so
+# decode(encode(text)) == text; the generation prompt ends at the tag and the answer's first token
+# carries the marker, exactly as in training.
 TINY_CHAT_TEMPLATE = (
-    "{%- for m in messages -%}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{%- endfor -%}"
+    "{%- for m in messages -%}<|{{ m['role'] }}|> {{ m['content'] }}<|end|>{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
 TINY_SPECIALS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 def build_tiny_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int = 512) -> Any:
-    """Train a byte-level BPE tokenizer on ``texts`` (deterministic; byte fallback covers any text)."""
+    """Train a small BPE tokenizer on ``texts`` (deterministic, offline).
+
+    SentencePiece-style: every word carries its leading-space marker, including the first word of a
+    turn, so ``red`` in a question and ``red`` as an answer are the same token; unseen characters
+    fall back to bytes, so any text round-trips.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*TINY_SPECIALS, image_token],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(),
+                                     decoders.Metaspace(replacement="\u2581", prepend_scheme="always")])
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + len(bytes_), special_tokens=[*TINY_SPECIALS, image_token,
+                                                                                        *bytes_],
+                                  show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
                                    additional_special_tokens=[image_token])
@@ -69,6 +80,8 @@ def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    if overrides:
+        _check_overrides(overrides, LlamaConfig() if model in PRESETS else None, model)
     if model in PRESETS:
         cfg = LlamaConfig(**{**PRESETS[model], **overrides}, vocab_size=len(tokenizer),
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -80,6 +93,7 @@ def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any
         llm.generation_config.eos_token_id = tokenizer.eos_token_id
         return llm, True
     llm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **attn, **load_kwargs, **hub_kwargs)
+    _check_overrides(overrides, llm.config, model)
     for key, value in overrides.items():
         setattr(llm.config, key, value)
     if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
@@ -87,3 +101,16 @@ def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any
     if llm.generation_config.pad_token_id is None:
         llm.generation_config.pad_token_id = tokenizer.pad_token_id
     return llm, False
+
+
+def _check_overrides(overrides: dict[str, Any], config: Any, model: str) -> None:
+    """``model_config`` keys must be fields of the model's config (no silent typos)."""
+    if config is None:
+        return
+    from vlmplug.errors import did_you_mean
+
+    valid = set(config.to_dict())
+    bad = [k for k in overrides if k not in valid]
+    if bad:
+        raise ConfigError([f"model_config.{k}: not a field of {type(config).__name__} ({model})"
+                           f"{did_you_mean(k, valid)}" for k in bad], header="model_config")

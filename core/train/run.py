@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +86,16 @@ def pick_run_dir(recipe: ResolvedRecipe, output_dir: str | None) -> Path:
     return path
 
 
+def spread_indices(n: int, limit: int, seed: int = 0) -> list[int]:
+    """Up to ``limit`` indices of ``range(n)``, drawn at random (a fixed stride could alias with a
+    periodic dataset layout, e.g. question types assigned round-robin)."""
+    if n <= limit:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
 def _texts(samples: Any, limit: int = 5000) -> list[str]:
-    step = max(1, len(samples) // limit)
-    return [m["content"] for i in range(0, len(samples), step) for m in samples[i]["messages"]]
+    return [m["content"] for i in spread_indices(len(samples), limit) for m in samples[i]["messages"]]
 
 
 def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, stack: list[Any],
@@ -144,8 +152,10 @@ def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, con
 
 
 def _say(console: Any, ctx: BuildContext, message: str) -> None:
+    from rich.text import Text
+
     console.print(message, highlight=False)
-    log.info(message)
+    log.info(Text.from_markup(message).plain)
 
 
 def _run(recipe: ResolvedRecipe, host: Any, run_dir: Path, log_path: Path, console: Any, ctx: BuildContext,
@@ -183,7 +193,7 @@ def _run(recipe: ResolvedRecipe, host: Any, run_dir: Path, log_path: Path, conso
     image_token = core["image_token"]
     if core.get("tokenizer") is None and model_name in PRESETS:
         tokenizer = build_tiny_tokenizer(_texts(train_samples), image_token)
-        ctx.note(f"tokenizer: byte-level BPE with {len(tokenizer)} tokens trained on the run's texts ({model_name})")
+        ctx.note(f"tokenizer: BPE with {len(tokenizer)} tokens trained on the run's texts ({model_name})")
     else:
         tokenizer = load_tokenizer(core.get("tokenizer") or model_name, image_token, ctx.hub_kwargs,
                                    core.get("chat_template"))

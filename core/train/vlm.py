@@ -25,6 +25,8 @@ __all__ = ["VisionLanguageModel"]
 class VisionLanguageModel(nn.Module):
     """Base class of fused models. ``image_token_id`` marks vision positions in ``input_ids``."""
 
+    _keys_to_ignore_on_save = None  # read by transformers' Trainer when it resumes a checkpoint
+
     def __init__(self, vision_encoder: nn.Module, connector: nn.Module, llm: nn.Module, image_token_id: int):
         super().__init__()
         self.vision_encoder = vision_encoder

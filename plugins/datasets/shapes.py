@@ -1,6 +1,7 @@
 """``shapes``: a seeded synthetic VQA task of coloured shapes, generated on the fly.
 
-Questions ask about colour, shape, count and presence (yes/no answers balanced exactly). Every
+Questions ask about colour, shape, count and presence (yes/no answers balanced exactly; by
+by default presence of any shape, optionally in a named quadrant or of a named colour or shape). Every
 sample is a pure function of ``(seed, index)``, so the held-out split (another seed) never overlaps
 training and nothing is stored on disk. It is the quickstart's data: small enough to learn on a
 laptop CPU in minutes, yet unanswerable without looking at the image.
@@ -25,6 +26,15 @@ class ShapesConfig:
         default_factory=lambda: ["color", "shape", "count", "presence"],
         metadata={"help": "Question types, drawn uniformly."})
     max_shapes: int = field(default=3, metadata={"help": "Most shapes in a count/presence image (1-4)."})
+    presence_by: Literal["any", "location", "attribute"] = field(
+        default="any", metadata={"help": "Yes/no presence questions ask whether the image holds any shape "
+                                         "('no' images are empty), whether a named quadrant does, or whether a "
+                                         "colour/shape is present. The last two need the LLM to match a word in "
+                                         "the question against the image, which a random-init tiny LLM does not "
+                                         "learn within the quickstart's budget (measured: chance level)."})
+    image_position: Literal["before", "after"] = field(
+        default="before", metadata={"help": "Put <image> before the question (LLaVA's layout) or after it "
+                                            "(image tokens can then attend to the question)."})
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

@@ -72,7 +72,7 @@ def test_labels_cover_exactly_the_assistant_turn(tok, encoder):
     # labels equal the ids where set, and everything before the answer is ignored
     assert all(lb in (IGNORE_INDEX, t) for t, lb in zip(ids, labels))
     assert _labelled_runs(tok, ids, labels) == [
-        (False, "<|system|>You are a helpful assistant.<|end|><|user|>What color is the shape?<|end|><|assistant|>"),
+        (False, "<|system|> You are a helpful assistant.<|end|><|user|> What color is the shape?<|end|><|assistant|>"),
         (True, "a red circle<|end|>"),
     ]
     # the full sequence is the chat template's rendering

@@ -141,3 +141,11 @@ def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
     result = run(data, tmp_path)
     assert result.metrics["train_samples"] == 2
     assert result.metrics["skipped_samples"] == 3
+
+
+def test_model_config_typo_is_an_error(tmp_path: Path) -> None:
+    from vlmplug.errors import ConfigError
+
+    data = {**TINY, "model_config": {"hidden_sise": 64}}
+    with pytest.raises(ConfigError, match="model_config.hidden_sise: not a field of LlamaConfig.*'hidden_size'"):
+        run(data, tmp_path)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from vlmplug.plugins.datasets import shapes as shapes_plugin
-from vlmplug.plugins.datasets._shapes import COLORS, SHAPES, ShapesDataset
+from vlmplug.plugins.datasets._shapes import COLORS, QUADRANTS, SHAPES, ShapesDataset
 
 JITTER = 20
 
@@ -24,8 +24,8 @@ def _build(tiny, **options):
     return tiny.build(shapes_plugin.SPEC, tiny.make_ctx(), {"num_samples": 80, "image_size": 32, **options})
 
 
-def _read_image(img: Image.Image) -> list[tuple[str, str]]:
-    """(kind, colour) of the shape in each non-empty quadrant, read from the pixels."""
+def _read_image(img: Image.Image) -> list[tuple[str, str, int]]:
+    """(kind, colour, quadrant) of the shape in each non-empty quadrant, read from the pixels."""
     a = np.asarray(img).astype(int)
     bg = a[0, 0]  # shapes start at least one pixel into their quadrant
     half = a.shape[0] // 2
@@ -44,7 +44,7 @@ def _read_image(img: Image.Image) -> list[tuple[str, str]]:
         assert (pixels == pixels[0]).all(), "a shape has one flat fill colour"
         color = min(COLORS, key=lambda c: np.abs(pixels[0] - np.array(COLORS[c])).max())
         assert np.abs(pixels[0] - np.array(COLORS[color])).max() <= JITTER
-        found.append((kind, color))
+        found.append((kind, color, cell))
     return found
 
 
@@ -129,15 +129,16 @@ def test_spec_matches_item(tiny):
         assert sorted(_read_image(s["images"][0])) == sorted(shapes)
 
 
-def test_answers_match_the_drawn_image(tiny):
-    ds = _build(tiny, num_samples=120, seed=7)
+@pytest.mark.parametrize("presence_by", ["any", "location", "attribute"])
+def test_answers_match_the_drawn_image(tiny, presence_by):
+    ds = _build(tiny, num_samples=120, seed=7, presence_by=presence_by)
     seen = Counter()
     for i in range(len(ds)):
         qtype, question, shapes, answer = ds.sample_spec(i)
         img = ds[i]["images"][0]
         drawn = _read_image(img)
         assert sorted(drawn) == sorted(shapes), (i, question)
-        kinds, colours = {k for k, _ in drawn}, {c for _, c in drawn}
+        kinds, colours, cells = {k for k, _, _ in drawn}, {c for _, c, _ in drawn}, {q for _, _, q in drawn}
         if qtype == "color":
             assert len(drawn) == 1 and answer == drawn[0][1]
             assert _has_colour(img, answer)
@@ -149,7 +150,14 @@ def test_answers_match_the_drawn_image(tiny):
             assert 1 <= len(drawn) <= 3
         else:
             assert answer in ("yes", "no")
-            if any(c in question for c in COLORS):
+            if presence_by == "any":
+                assert (len(drawn) > 0) == (answer == "yes"), (i, question)
+                seen["presence_any"] += 1
+            elif presence_by == "location":
+                target = QUADRANTS.index(_target(question, QUADRANTS))
+                assert (target in cells) == (answer == "yes"), (i, question)
+                seen["presence_location"] += 1
+            elif any(c in question for c in COLORS):
                 target = _target(question, COLORS)
                 assert _has_colour(img, target) == (answer == "yes"), (i, question)
                 assert (target in colours) == (answer == "yes")
@@ -159,7 +167,10 @@ def test_answers_match_the_drawn_image(tiny):
                 assert (target in kinds) == (answer == "yes"), (i, question)
                 seen["presence_shape"] += 1
         seen[qtype] += 1
-    assert seen["presence_color"] and seen["presence_shape"]
+    if presence_by in ("any", "location"):
+        assert seen[f"presence_{presence_by}"] == seen["presence"] > 0
+    else:
+        assert seen["presence_color"] and seen["presence_shape"]
 
 
 def test_max_shapes_respected(tiny):
