@@ -109,7 +109,7 @@ def register_optimizer_stack(register: Register) -> None:
 
     :param register: call ``register(ComponentSpec(...))``. The factory returns an object with any
         of ``model_load_kwargs()``, ``patch_model(vlm)``, ``wrap_collator(collator)``,
-        ``update_training_args(args: dict, hardware)`` and ``create_optimizer(model, args)``.
+        ``update_training_args(args: dict, hardware, note) -> dict`` and ``create_optimizer(model, args)``.
 
     .. versionadded:: 1.0
     """

@@ -297,8 +297,13 @@ def _run(recipe: ResolvedRecipe, host: Any, run_dir: Path, log_path: Path, conso
         curve = CurveCallback(core["eval_every_steps"], lambda: evaluate(
             "curve", limit=core["eval_curve_samples"], blank=False, save=False), console)
         callbacks.append(curve)
+    builders = [(sel.name, comp) for sel, comp in zip(recipe.optimizer_stack, stack) if hasattr(comp, "create_optimizer")]
+    if len(builders) > 1:
+        raise ConfigError(f"optimizer stack: {', '.join(n for n, _ in builders)} each build the optimizer; keep one",
+                          header="optimizer stack")
+    optimizer = builders[0][1].create_optimizer(vlm, train_args) if builders else None
     trainer = VLMTrainer(model=vlm, args=train_args, train_dataset=train_data, data_collator=collator,
-                         callbacks=callbacks)
+                         callbacks=callbacks, optimizers=(optimizer, None))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     resume = core.get("resume_from_checkpoint")
