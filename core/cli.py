@@ -126,7 +126,6 @@ def info(name: str, as_json: bool) -> None:
     import dataclasses
 
     from . import deps
-    from .errors import did_you_mean
     from .registry import FAMILY_TITLES, config_fields, describe_type
 
     host = _host()
@@ -187,7 +186,6 @@ def info(name: str, as_json: bool) -> None:
             con.print(f"needs {mod} ({state}) from extra [{extra}]")
         if missing:
             con.print(f"fix: {deps.install_hint(missing.values())}")
-    _ = did_you_mean
 
 
 @cli.command()

@@ -126,7 +126,6 @@ def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, st
 
 def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, console: Any = None) -> RunResult:
     from rich.console import Console
-    from transformers import set_seed
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
