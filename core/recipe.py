@@ -300,27 +300,14 @@ def resolve(
         except ValueError as e:
             r.problems.append(str(e))
 
+    aliases: dict[str, tuple[Any, str]] = {}  # transformers-4 / guide spellings, translated below
+
     def set_training(key: str, value: Any, where: str) -> None:
         try:
             if key in TRAINING_ALIASES:
-                tp, target, _ = TRAINING_ALIASES[key]
-                value = coerce_value(value, tp, where)
-                if key == "warmup_ratio":
-                    if not 0 <= value < 1:
-                        raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {value}")
-                    if "warmup_steps" in training and training.get("_warmup_from") != key:
-                        raise ValueError(f"{where}: set warmup_ratio or warmup_steps, not both")
-                    training["warmup_steps"] = value
-                    training["_warmup_from"] = key
-                    r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
-                                   f"below 1 as a fraction of the total steps)")
-                elif key == "group_by_length":
-                    if value:
-                        training["train_sampling_strategy"] = "group_by_length"
-                return
-            if key == "warmup_steps" and training.get("_warmup_from") == "warmup_ratio":
-                raise ValueError(f"{where}: set warmup_ratio or warmup_steps, not both")
-            training[key] = coerce_value(value, TRAINING_KEYS[key], where)
+                aliases[key] = (coerce_value(value, TRAINING_ALIASES[key][0], where), where)
+            else:
+                training[key] = coerce_value(value, TRAINING_KEYS[key], where)
         except ValueError as e:
             r.problems.append(str(e))
 
@@ -588,7 +575,7 @@ def resolve(
         seen: dict[str, ComponentSpec] = {s.name: s.spec for s in chosen}
         r.problems.extend(deps.check(seen.values()))
 
-    training.pop("_warmup_from", None)
+    _translate_aliases(aliases, training, r)
     if r.problems:
         raise ConfigError(list(dict.fromkeys(r.problems)))
     return ResolvedRecipe(
@@ -596,6 +583,23 @@ def resolve(
         training=training, training_args=training_args, single=resolved_single, datasets=datasets,
         eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
     )
+
+
+def _translate_aliases(aliases: dict[str, tuple[Any, str]], training: dict[str, Any], r: _Resolver) -> None:
+    """``warmup_ratio`` -> ``warmup_steps`` (a float below 1 is a fraction in transformers 5);
+    ``group_by_length: true`` -> ``train_sampling_strategy: group_by_length``."""
+    if "warmup_ratio" in aliases:
+        value, where = aliases["warmup_ratio"]
+        if not 0 <= value < 1:
+            r.problems.append(f"{where}: warmup_ratio must be in [0, 1), got {value}")
+        elif "warmup_steps" in training:
+            r.problems.append(f"{where}: set warmup_ratio or warmup_steps, not both")
+        else:
+            training["warmup_steps"] = value
+            r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
+                           f"below 1 as a fraction of the total steps)")
+    if aliases.get("group_by_length", (False,))[0]:
+        training["train_sampling_strategy"] = "group_by_length"
 
 
 def _planned_key_problem(key: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,16 @@ from vlmplug.errors import DataError
 
 IGNORE_INDEX = -100
 
-__all__ = ["IGNORE_INDEX", "SampleEncoder", "EncodedDataset", "TrainCollator", "load_image", "check_image"]
+__all__ = ["IGNORE_INDEX", "SampleEncoder", "EncodedDataset", "TrainCollator", "load_image", "check_image",
+           "spread_indices"]
+
+
+def spread_indices(n: int, limit: int, seed: int = 0) -> list[int]:
+    """Up to ``limit`` indices of ``range(n)``, drawn at random (a fixed stride could alias with a
+    periodic dataset layout, e.g. question types assigned round-robin)."""
+    if n <= limit:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
 
 
 def _where(sample: dict[str, Any], index: int, name: str) -> str:

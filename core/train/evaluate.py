@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data import SampleEncoder, load_image
+from .data import SampleEncoder, load_image, spread_indices
 
 __all__ = ["generate_records", "score_records", "prior_answers", "summarize"]
 
@@ -92,8 +92,6 @@ def summarize(metrics: dict[str, float]) -> dict[str, Any]:
 
 def prior_answers(train: Sequence[dict[str, Any]], evaluator: Any, max_samples: int = 5000) -> dict[str | None, str]:
     """Most common reference answer per question type in (a strided subset of) the training data."""
-    from .run import spread_indices
-
     counts: dict[str | None, Counter] = {}
     for i in spread_indices(len(train), max_samples):
         s = train[i]

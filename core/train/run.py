@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 from vlmplug.errors import ConfigError, PluginError, VlmplugError, did_you_mean
 from vlmplug.recipe import ResolvedRecipe, Selection
 
-from .data import EncodedDataset, SampleEncoder, TrainCollator
+from .data import EncodedDataset, SampleEncoder, TrainCollator, spread_indices
 from .evaluate import generate_records, prior_answers, score_records
 from .hardware import Hardware
 from .llm import PRESETS, build_tiny_tokenizer, load_llm, load_tokenizer
@@ -84,14 +83,6 @@ def pick_run_dir(recipe: ResolvedRecipe, output_dir: str | None) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
-
-
-def spread_indices(n: int, limit: int, seed: int = 0) -> list[int]:
-    """Up to ``limit`` indices of ``range(n)``, drawn at random (a fixed stride could alias with a
-    periodic dataset layout, e.g. question types assigned round-robin)."""
-    if n <= limit:
-        return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), limit))
 
 
 def _texts(samples: Any, limit: int = 5000) -> list[str]:
