@@ -274,7 +274,10 @@ def train(recipe: str | None, plugins: str, sets: tuple[str, ...], output_dir: s
     resolved, host = _resolve(recipe, plugins, sets)
     from .train.run import run
 
-    run(resolved, host, output_dir=output_dir, console=_console(stderr=True))
+    try:
+        run(resolved, host, output_dir=output_dir, console=_console(stderr=True), argv=["vlmplug", *sys.argv[1:]])
+    except KeyboardInterrupt:
+        click.get_current_context().exit(130)
 
 
 # -- score ---------------------------------------------------------------------------------------------
@@ -296,15 +299,16 @@ def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json
         raise ConfigError(_Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"),
                           header="unknown evaluator")
     evaluator = spec.load_factory()(spec.default_config(), None)
+    from .errors import read_text
+
     rows = []
-    with open(predictions, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{predictions}:{n}: not valid JSON ({e.msg})") from None
+    for n, line in enumerate(read_text(predictions, "predictions file", DataError).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{predictions}:{n}: not valid JSON ({e.msg})") from None
     if not rows:
         raise DataError(f"{predictions}: no predictions (expected JSONL lines with 'prediction')")
     try:
@@ -323,9 +327,37 @@ def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json
     table = Table(title=f"{evaluator_name}: {predictions}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
+    for k, v in _flatten(metrics).items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     _console().print(table)
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# -- export ----------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", default="merged", show_default=True,
+              help="merged: vlmplug's own format with adapters folded in; other formats come from plugins "
+                   "(llava-hf: loads with plain transformers).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Directory to write (must not exist or be empty).")
+@handle_errors
+def export(run_dir: str, fmt: str, out: str) -> None:
+    """Export a trained model (a run directory or its model/) to another format."""
+    from .export import export_model
+
+    host = _host()
+    path = export_model(run_dir, fmt, out, host=host)
+    _console().print(f"exported {run_dir} as {fmt} -> {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

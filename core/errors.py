@@ -7,7 +7,9 @@ them without a traceback unless ``--debug`` is given.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "VlmplugError",
@@ -17,8 +19,10 @@ __all__ = [
     "PluginLoadError",
     "PluginError",
     "DataError",
+    "SkipReport",
     "HardwareError",
     "did_you_mean",
+    "read_text",
 ]
 
 
@@ -67,8 +71,82 @@ class PluginError(VlmplugError):
 
 
 class DataError(VlmplugError):
-    """Bad training or evaluation data: names the file, the row and the fix."""
+    """Bad training or evaluation data: names the file, the row and the fix.
+
+    :param reason: a short category (``missing-image``, ``unreadable-image``, ``image-count``,
+        ``too-long``, ``malformed-row``, ``no-target``, ...) that groups skips in the skip report.
+    :param where: the row (``train.jsonl:12``) when known.
+    """
+
+    def __init__(self, message: str, *, reason: str = "bad-sample", where: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.where = where
+
+
+class SkipReport:
+    """Samples skipped under ``on_bad_sample: skip``: every reason with its count and first rows.
+
+    A row met twice (two epochs, two processes) counts once."""
+
+    FIRST = 5
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def add(self, error: DataError | dict) -> None:
+        item = error if isinstance(error, dict) else {"reason": getattr(error, "reason", "bad-sample"),
+                                                       "where": getattr(error, "where", None), "message": str(error)}
+        if item.get("where"):
+            key = (item["reason"], str(item["where"]))
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        self.items.append(item)
+
+    def extend(self, errors: Iterable[DataError | dict]) -> None:
+        for e in errors:
+            self.add(e)
+
+    @property
+    def total(self) -> int:
+        return len(self.items)
+
+    @property
+    def reasons(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for item in self.items:
+            entry = out.setdefault(item["reason"], {"count": 0, "first": [], "example": item["message"]})
+            entry["count"] += 1
+            if len(entry["first"]) < self.FIRST:
+                entry["first"].append(item.get("where") or item["message"][:200])
+        return out
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "reasons": self.reasons}
+
+    def lines(self) -> list[str]:
+        return [f"{reason}: {e['count']} (first: {', '.join(map(str, e['first']))}) -- {e['example']}"
+                for reason, e in sorted(self.reasons.items(), key=lambda kv: -kv[1]["count"])]
 
 
 class HardwareError(VlmplugError):
     """A requested feature the hardware here cannot provide (e.g. tf32 without an NVIDIA GPU)."""
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file", error: type[VlmplugError] | None = None) -> str:
+    """Read a UTF-8 text file; a decoding error names the file, the line and the fix (raised as
+    ``error``, default :class:`ConfigError`)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        message = (f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                   f"save it as UTF-8")
+        if error is None or error is ConfigError:
+            raise ConfigError(message, header="encoding") from None
+        if error is DataError:
+            raise DataError(message, reason="encoding", where=f"{path}:{line}") from None
+        raise error(message) from None

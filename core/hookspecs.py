@@ -29,8 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["hookspec", "hookimpl", "HOOK_API_VERSION", "REGISTRATION_HOOKS"]
 
 #: Bumped when a hook is added (minor) or changed incompatibly (major). Plugins declare the lowest
-#: ``vlmplug`` version whose hook API they use.
-HOOK_API_VERSION = "1.0"
+#: ``vlmplug`` version whose hook API they use. 1.1: model-format hooks (``model_formats``,
+#: ``export_model``, ``detect_model_format``, ``import_model``); evaluators declare
+#: ``primary_metric``; PEFT methods ``load_llm`` / ``merge``.
+HOOK_API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker("vlmplug")
 hookimpl = pluggy.HookimplMarker("vlmplug")
@@ -179,6 +181,57 @@ def detect_vision_encoder(model: str, config: dict[str, Any] | None) -> str | No
     Stops at first non-None result.
 
     .. versionadded:: 1.0
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Model formats: export to and import from other checkpoints' layouts.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def model_formats() -> list[str]:
+    """Name the model formats this plugin can export (``vlmplug export --format NAME``).
+
+    .. versionadded:: 1.1
+    """
+
+
+@hookspec(firstresult=True)
+def export_model(model: Any, format: str, out_dir: str) -> bool | None:
+    """Write ``model`` (a loaded :class:`vlmplug.train.vlm.VisionLanguageModel`, with ``tokenizer`` and
+    ``manifest``) to the empty directory ``out_dir`` in ``format``.
+
+    :return: ``True`` when this plugin wrote it, ``None`` when ``format`` is not its own. Raise a
+        :class:`~vlmplug.errors.ConfigError` naming the component when the model cannot be expressed.
+
+    .. versionadded:: 1.1
+    """
+
+
+@hookspec(firstresult=True)
+def detect_model_format(model: str, config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Recognise a recipe's ``model:`` as a whole vision-language checkpoint in a foreign format.
+
+    :param model: the hub id or path, as written in the recipe.
+    :param config: its ``config.json`` (read locally, or the hub's cached copy), or ``None``.
+    :return: ``None`` if not yours, else ``{"format": NAME, "components": {family: name or
+        {name, **options}}}`` -- the components it maps onto (they become the recipe's choices; options
+        such as paths are filled in by :func:`import_model`).
+
+    .. versionadded:: 1.1
+    """
+
+
+@hookspec(firstresult=True)
+def import_model(model: str, format: str, out_dir: str, hub_kwargs: dict[str, Any]) -> bool | None:
+    """Convert the checkpoint ``model`` (``format`` as detected) into a saved vlmplug model directory
+    at ``out_dir`` (the layout of :mod:`vlmplug.train.vlm`), which the run then fine-tunes.
+
+    :param hub_kwargs: keyword arguments for ``from_pretrained`` (``trust_remote_code`` as the recipe sets it).
+    :return: ``True`` when written, ``None`` when the format is not yours.
+
+    .. versionadded:: 1.1
     """
 
 

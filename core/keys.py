@@ -1,4 +1,4 @@
-"""The recipe keys the core owns, and the guide keys whose components come in later releases.
+"""The recipe keys the core owns, with their types, defaults, help and numeric bounds.
 
 Component keys live with their components (each spec's config dataclass, ``flat_keys`` and
 ``activated_by``); this module lists only what belongs to no component: the model, tokenizer,
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["CORE_KEYS", "TRAINING_KEYS", "TRAINING_ALIASES", "PLANNED_KEYS", "PLANNED_COMPONENTS",
-           "PLANNED_VALUES"]
+__all__ = ["CORE_KEYS", "TRAINING_KEYS", "TRAINING_ALIASES", "BOUNDS", "check_bounds"]
 
 # name -> (type, default, help)
 CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
@@ -26,7 +25,8 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "dtype": (Literal["float32", "bfloat16", "float16", "auto"], "float32",
               "dtype the LLM and vision tower are loaded in (mixed precision is separate)."),
     "attn_implementation": (Literal["auto", "eager", "sdpa"], "auto",
-                            "Attention kernel of the LLM; 'auto' lets transformers choose (logged)."),
+                            "Attention kernel of the LLM; 'auto' lets transformers choose (logged). Other "
+                            "values (flash_attention_2) select the component that provides them."),
     "use_peft": (Optional[bool], None, "true: train adapters (default method lora); false: full fine-tuning."),
     "max_seq_length": (int, 1024, "Longest tokenized sample (image tokens included)."),
     "image_token": (str, "<image>", "The image placeholder written in messages."),
@@ -43,11 +43,9 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "eval_batch_size": (int, 32, "Batch size for evaluation generation."),
     "eval_max_samples": (Optional[int], None, "Evaluate at most this many held-out samples."),
     "eval_every_steps": (Optional[int], None,
-                         "Also evaluate every N training steps (on eval_curve_samples held-out samples) "
-                         "and record the accuracy curve in metrics.json."),
-    "eval_curve_samples": (int, 200, "Held-out samples per evaluation of the curve."),
-    "eval_blank_images": (bool, False,
-                          "Also evaluate with blank images, to measure how much answers depend on the image."),
+                         "Also evaluate every N training steps (on eval_curve_samples samples of the first "
+                         "eval set) and record the curve of the evaluators' metrics in metrics.json."),
+    "eval_curve_samples": (int, 200, "Held-out samples per evaluation of the curve (at most eval_max_samples)."),
 }
 
 # TrainingArguments fields accepted at recipe top level: name -> type (default is transformers').
@@ -89,61 +87,55 @@ TRAINING_ALIASES: dict[str, tuple[Any, str, str]] = {
     "group_by_length": (bool, "train_sampling_strategy", "true -> 'group_by_length'"),
 }
 
-#: Guide keys whose component is not in this release: key -> (component, family).
-PLANNED_KEYS: dict[str, tuple[str, str]] = {
-    "load_in_4bit": ("qlora", "peft"),
-    "load_in_8bit": ("qlora", "peft"),
-    "bnb_4bit_compute_dtype": ("qlora", "peft"),
-    "bnb_4bit_use_double_quant": ("qlora", "peft"),
-    "bnb_4bit_quant_type": ("qlora", "peft"),
-    "use_liger": ("liger", "optimizer_stack"),
-    "packing": ("packing", "optimizer_stack"),
-    "num_query_tokens": ("perceiver", "connector"),
-    "max_num_frames": ("video", "dataset_format"),
-    "frame_sampling": ("video", "dataset_format"),
-    "image_resolution": ("siglip", "vision_encoder"),
-    "patch_pooling": ("siglip", "vision_encoder"),
-    "augmentation": ("document", "dataset_format"),
-    "deepspeed": ("deepspeed-zero3", "optimizer_stack"),
-    "fsdp": ("fsdp", "optimizer_stack"),
-    "spectrum_top_percent": ("spectrum", "peft"),
+#: Numeric bounds checked when a recipe resolves (``vlmplug config`` rejects a bad value before
+#: anything loads): key -> (lowest, highest, lowest allowed?, highest allowed?). ``None`` = unbounded.
+BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "learning_rate": (0, None, False, True),
+    "num_train_epochs": (0, None, False, True),
+    "max_steps": (1, None, True, True),
+    "per_device_train_batch_size": (1, None, True, True),
+    "per_device_eval_batch_size": (1, None, True, True),
+    "gradient_accumulation_steps": (1, None, True, True),
+    "weight_decay": (0, None, True, True),
+    "adam_beta1": (0, 1, True, False),
+    "adam_beta2": (0, 1, True, False),
+    "adam_epsilon": (0, None, False, True),
+    "max_grad_norm": (0, None, True, True),
+    "warmup_steps": (0, None, True, True),
+    "warmup_ratio": (0, 1, True, False),
+    "logging_steps": (0, None, False, True),
+    "save_steps": (0, None, False, True),
+    "save_total_limit": (1, None, True, True),
+    "dataloader_num_workers": (0, None, True, True),
+    "label_smoothing_factor": (0, 1, True, False),
+    "max_seq_length": (1, None, True, True),
+    "num_threads": (1, None, True, True),
+    "eval_max_new_tokens": (1, None, True, True),
+    "eval_batch_size": (1, None, True, True),
+    "eval_max_samples": (1, None, True, True),
+    "eval_every_steps": (1, None, True, True),
+    "eval_curve_samples": (1, None, True, True),
 }
 
-#: Values of core keys that select a planned component: (key, value) -> (component, family).
-PLANNED_VALUES: dict[tuple[str, Any], tuple[str, str]] = {
-    ("attn_implementation", "flash_attention_2"): ("flash-attention", "optimizer_stack"),
-    ("attn_implementation", "flash_attention_3"): ("flash-attention", "optimizer_stack"),
+#: A hint appended to the bound error of some keys.
+BOUND_HINTS: dict[str, str] = {
+    "max_steps": "; omit max_steps to train for num_train_epochs",
+    "eval_max_samples": "; omit it to evaluate every held-out sample",
 }
 
-#: Components on the roadmap (DESIGN.md §6) that no installed plugin provides yet: name -> family.
-PLANNED_COMPONENTS: dict[str, str] = {
-    "siglip": "vision_encoder",
-    "eva-clip": "vision_encoder",
-    "patches": "vision_encoder",
-    "perceiver": "connector",
-    "perceiver_resampler": "connector",
-    "perceiver-resampler": "connector",
-    "qformer": "connector",
-    "qformer-text": "connector",
-    "cross-attention": "fusion",
-    "modality-experts": "fusion",
-    "qlora": "peft",
-    "spectrum": "peft",
-    "llava": "dataset_format",
-    "sharegpt": "dataset_format",
-    "video": "dataset_format",
-    "hf": "dataset_format",
-    "document": "dataset_format",
-    "flash-attention": "optimizer_stack",
-    "liger": "optimizer_stack",
-    "packing": "optimizer_stack",
-    "adamw-8bit": "optimizer_stack",
-    "deepspeed-zero3": "optimizer_stack",
-    "fsdp": "optimizer_stack",
-    "textvqa": "evaluator",
-    "gqa": "evaluator",
-    "docvqa": "evaluator",
-    "pope": "evaluator",
-    "multiple-choice": "evaluator",
-    "llm-judge": "evaluator",
-}
+
+def check_bounds(key: str, value: Any, where: str) -> str | None:
+    """A problem line when ``value`` is outside ``BOUNDS[key]``, else ``None``."""
+    if key not in BOUNDS or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    lo, hi, lo_ok, hi_ok = BOUNDS[key]
+    too_low = lo is not None and (value < lo or (value == lo and not lo_ok))
+    too_high = hi is not None and (value > hi or (value == hi and not hi_ok))
+    if not (too_low or too_high):
+        return None
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_ok else '>'} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_ok else '<'} {hi:g}")
+    return f"{where}: must be {' and '.join(parts)}, got {value!r}{BOUND_HINTS.get(key, '')}"

@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.optim.gradient_checkpointing",
     "vlmplug.plugins.optim.mixed_precision",
     "vlmplug.plugins.evaluators.vqa",
+    "vlmplug.plugins.roadmap",
 )
 
 
@@ -184,7 +185,8 @@ class PluginHost:
                     if spec.name in self.disabled_components:
                         return
                     self.registry.add(spec)
-                    _info.components.append(spec.name)
+                    if not spec.planned:
+                        _info.components.append(spec.name)
 
                 try:
                     impl.function(**{arg: register for arg in impl.argnames})
@@ -225,6 +227,18 @@ class PluginHost:
 
     def detect_vision_encoder(self, *, model: str, config: dict[str, Any] | None) -> str | None:
         return self._call("detect_vision_encoder", model=model, config=config)
+
+    def model_formats(self) -> list[list[str]]:
+        return self._call("model_formats")
+
+    def export_model(self, *, model: Any, format: str, out_dir: str) -> bool | None:
+        return self._call("export_model", model=model, format=format, out_dir=out_dir)
+
+    def detect_model_format(self, *, model: str, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        return self._call("detect_model_format", model=model, config=config)
+
+    def import_model(self, *, model: str, format: str, out_dir: str, hub_kwargs: dict[str, Any]) -> bool | None:
+        return self._call("import_model", model=model, format=format, out_dir=out_dir, hub_kwargs=hub_kwargs)
 
     def register_commands(self, *, cli: Any) -> None:
         self._call("register_commands", cli=cli)

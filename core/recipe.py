@@ -4,7 +4,11 @@ Precedence (DESIGN.md §2): component defaults < recipe < ``--plugins`` < ``--se
 The guide's recipes load as written: flat keys such as ``alignment: mlp`` or
 ``gradient_checkpointing: true`` select components (each component declares the keys it owns),
 and the explicit form names a component and its options (``connector: {name: mlp}``).
-Every problem is collected and raised together in one :class:`~vlmplug.errors.ConfigError`.
+
+:func:`resolve` runs named stages over a :class:`Draft`; each stage appends to one list of
+problems, and every problem is raised together in one :class:`~vlmplug.errors.ConfigError`.
+The core names no concrete component: defaults, contradictions and roadmap placeholders are
+declared by the component specs (``default_when``, ``contradicts``, ``planned``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ import yaml
 
 from . import deps
 from ._version import __version__
-from .errors import ConfigError, did_you_mean
-from .keys import CORE_KEYS, PLANNED_COMPONENTS, PLANNED_KEYS, PLANNED_VALUES, TRAINING_ALIASES, TRAINING_KEYS
-from .registry import FAMILY_TITLES, SINGLE_FAMILIES, ComponentSpec, Registry, coerce_value, validate_options
+from .errors import ConfigError, did_you_mean, read_text
+from .keys import CORE_KEYS, TRAINING_ALIASES, TRAINING_KEYS, check_bounds
+from .registry import FAMILIES, FAMILY_TITLES, SINGLE_FAMILIES, ComponentSpec, Registry, coerce_value, validate_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manager import PluginHost
 
-__all__ = ["Selection", "ResolvedRecipe", "load_recipe", "list_recipes", "resolve", "parse_set"]
+__all__ = ["Selection", "ResolvedRecipe", "load_recipe", "list_recipes", "resolve", "parse_set", "read_text"]
 
 #: recipe key -> family, for the one-only families (``alignment`` is the guide's name for connector)
 SINGLE_KEYS = {"vision_encoder": "vision_encoder", "connector": "connector", "alignment": "connector",
@@ -37,17 +41,20 @@ SINGLE_KEYS = {"vision_encoder": "vision_encoder", "connector": "connector", "al
 #: recipe key -> family, for the list families
 LIST_KEYS = {"datasets": "dataset_format", "eval_datasets": "dataset_format",
              "optimizer_stack": "optimizer_stack", "evaluators": "evaluator"}
-DEFAULTS = {"fusion": "interleaved"}
 RECIPE_SUFFIXES = (".yaml", ".yml")
+ROADMAP = "is on the vlmplug roadmap but not available in vlmplug"
 
 
 @dataclass
 class Selection:
-    """A selected component with its validated options (defaults filled in) and where it came from."""
+    """A selected component with its validated options (defaults filled in) and where it came from.
+
+    ``label`` names a dataset in reports (``eval_datasets: [{name: blank, format: shapes}]``)."""
 
     spec: ComponentSpec
     options: dict[str, Any] = field(default_factory=dict)
     source: str = "recipe"
+    label: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,8 +64,10 @@ class Selection:
         return self.spec.make_config(self.options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "provider": self.spec.provider, "version": self.spec.version,
-                **_plain(self.options)}
+        out = {"name": self.spec.name, "provider": self.spec.provider, "version": self.spec.version}
+        if self.label is not None:
+            out["label"] = self.label
+        return {**out, **_plain(self.options)}
 
 
 def _plain(value: Any) -> Any:
@@ -71,7 +80,8 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class ResolvedRecipe:
-    """Everything a run needs, validated. Saved as ``resolved_recipe.yaml`` in the run directory."""
+    """Everything a run needs, validated. Saved as ``resolved_recipe.yaml`` in the run directory;
+    ``runtime`` holds what the run decided (output directory, full TrainingArguments, choices)."""
 
     name: str
     description: str
@@ -85,6 +95,7 @@ class ResolvedRecipe:
     optimizer_stack: list[Selection]
     evaluators: list[Selection]
     notes: list[str] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def components(self) -> dict[str, Any]:
         formats = list(dict.fromkeys(s.name for s in [*self.datasets, *self.eval_datasets]))
@@ -100,7 +111,7 @@ class ResolvedRecipe:
                 *self.evaluators]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "source": self.source,
@@ -116,9 +127,14 @@ class ResolvedRecipe:
             "training_args": dict(self.training_args),
             "notes": list(self.notes),
         }
+        if self.runtime:
+            out["runtime"] = dict(self.runtime)
+        return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False, allow_unicode=True)
+        """The one serialisation of a resolved recipe (``vlmplug config``, the run directory)."""
+        plain = json.loads(json.dumps(_plain(self.to_dict()), default=str))
+        return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -132,7 +148,7 @@ def list_recipes() -> list[tuple[str, str]]:
     """``(name, description)`` for every recipe shipped inside the package."""
     out = []
     for name, path in sorted(_shipped().items()):
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         out.append((name, str(data.get("description", ""))))
     return out
 
@@ -142,7 +158,7 @@ def load_recipe(recipe: str | os.PathLike | None) -> tuple[dict[str, Any], str]:
     recipe = "quickstart" if recipe is None else str(recipe)
     path = Path(recipe)
     if path.is_file():
-        text, source = path.read_text(), str(path)
+        text, source = read_text(path, "recipe"), str(path)
     else:
         shipped = _shipped()
         key = recipe[:-5] if recipe.endswith(".yaml") else recipe
@@ -152,7 +168,7 @@ def load_recipe(recipe: str | os.PathLike | None) -> tuple[dict[str, Any], str]:
                 f"no recipe file or shipped recipe named '{recipe}'{did_you_mean(key, names)}; "
                 f"shipped recipes: {', '.join(names)} (see `vlmplug recipes`)"
             )
-        text, source = shipped[key].read_text(), f"vlmplug:{key}"
+        text, source = shipped[key].read_text(encoding="utf-8"), f"vlmplug:{key}"
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -177,16 +193,51 @@ def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-# -- resolution ------------------------------------------------------------------------------------
+# -- resolution: the draft and its stages ------------------------------------------------------------
+
+@dataclass
+class Entry:
+    """A component the recipe chose, before its options are validated."""
+
+    spec: ComponentSpec
+    options: dict[str, Any]
+    source: str = "recipe"
+    label: str | None = None
+
+
+@dataclass
+class Draft:
+    """The recipe while it resolves: raw values first, then the components chosen stage by stage."""
+
+    core: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    training_args: dict[str, Any] = field(default_factory=dict)
+    aliases: dict[str, tuple[Any, str]] = field(default_factory=dict)  # guide spellings of training keys
+    single_raw: dict[str, tuple[str | None, dict[str, Any], str]] = field(default_factory=dict)
+    lists_raw: dict[str, list[Any]] = field(default_factory=dict)
+    flat: dict[str, Any] = field(default_factory=dict)  # top-level keys that belong to components
+    explicit: set[str] = field(default_factory=set)  # core keys the recipe (or --set) wrote
+    late_sets: list[tuple[str, Any]] = field(default_factory=list)
+    single: dict[str, Entry] = field(default_factory=dict)
+    lists: dict[str, list[Entry]] = field(default_factory=lambda: {k: [] for k in LIST_KEYS})
+    activated: list[tuple[ComponentSpec, str]] = field(default_factory=list)
+    owned: dict[str, Any] = field(default_factory=dict)
+    from_cli: dict[str, list[str]] = field(default_factory=dict)
+
+    def chosen(self) -> list[Entry]:
+        return [*self.single.values(), *(e for k in LIST_KEYS for e in self.lists[k])]
+
 
 class _Resolver:
+    """Problems and notes of one resolution, and the lookups every stage shares."""
+
     def __init__(self, registry: Registry, host: PluginHost | None):
         self.registry = registry
         self.host = host
         self.problems: list[str] = []
         self.notes: list[str] = []
 
-    # names -----------------------------------------------------------------------------------
+    # names ------------------------------------------------------------------------------------
     def lookup(self, name: str, family: str | None, where: str) -> ComponentSpec | None:
         spec = self.registry.get(str(name))
         if spec is not None:
@@ -201,19 +252,35 @@ class _Resolver:
         return None
 
     def unknown_name(self, name: str, family: str | None, where: str) -> str:
-        planned = PLANNED_COMPONENTS.get(name)
-        if planned and (family is None or planned == family):
-            avail = ", ".join(self.registry.names(planned))
-            return (f"{where}: '{name}' ({FAMILY_TITLES[planned]}) is on the vlmplug roadmap but not "
-                    f"available in vlmplug {__version__}; available {FAMILY_TITLES[planned]}s: {avail}")
+        planned = self.registry.planned(name)
+        if planned is not None and (family is None or planned.family == family):
+            title = FAMILY_TITLES[planned.family]
+            avail = ", ".join(self.registry.names(planned.family))
+            return f"{where}: '{name}' ({title}) {ROADMAP} {__version__}; available {title}s: {avail}"
         pool = self.registry.names(family)
-        hint = did_you_mean(name, pool)
         what = f"{FAMILY_TITLES[family]} " if family else "component "
-        return (f"{where}: unknown {what}'{name}'{hint}; "
+        return (f"{where}: unknown {what}'{name}'{did_you_mean(name, pool)}; "
                 f"choose from: {', '.join(pool)} (run `vlmplug list`)")
 
-    # helpers --------------------------------------------------------------------------------
-    def split_entry(self, value: Any, family: str, where: str, name_key: str = "name") -> tuple[str | None, dict]:
+    def planned_key(self, key: str, spec: ComponentSpec) -> str:
+        return (f"{key}: configures '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} "
+                f"{__version__}; remove the key or install a plugin that provides '{spec.name}'")
+
+    def planned_value(self, where: str, value: Any, spec: ComponentSpec) -> str:
+        return (f"{where}: {value} needs '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} "
+                f"{__version__}")
+
+    def all_specs(self) -> list[ComponentSpec]:
+        return [*self.registry, *self.registry.planned_specs()]
+
+    def claims(self, key: str, value: Any) -> list[ComponentSpec]:
+        """Components (real or planned) that ``key: value`` selects."""
+        if not isinstance(value, (str, int, float, bool)) or value is None:
+            return []
+        return [s for s in self.all_specs() if s.activated(key, value)]
+
+    # helpers ---------------------------------------------------------------------------------
+    def split_entry(self, value: Any, where: str, name_key: str = "name") -> tuple[str | None, dict[str, Any]]:
         if value is None:
             return None, {}
         if isinstance(value, str):
@@ -226,34 +293,424 @@ class _Resolver:
         return None, {}
 
     def detect_encoder(self, model: str, where: str) -> ComponentSpec | None:
-        config = None
-        cfg_path = Path(model) / "config.json"
-        if cfg_path.is_file():
-            try:
-                config = json.loads(cfg_path.read_text())
-            except (OSError, ValueError):
-                config = None
+        config = _local_config(model)
         name = self.host.detect_vision_encoder(model=model, config=config) if self.host else None
-        if name:
+        if name and self.registry.get(name) is not None:
             self.notes.append(f"vision_encoder: '{model}' is read by '{name}' (auto-detected)")
             return self.lookup(name, "vision_encoder", where)
-        lowered = model.lower()
-        for planned in ("siglip", "eva-clip"):
-            if planned.replace("-", "") in lowered.replace("-", "").replace("_", ""):
-                self.problems.append(self.unknown_name(planned, "vision_encoder", f"{where} '{model}'"))
-                return None
+        if name:
+            self.problems.append(self.unknown_name(name, "vision_encoder", f"{where} '{model}'"))
+            return None
         self.problems.append(
             f"{where}: cannot tell which vision encoder reads '{model}'; name it explicitly, e.g. "
-            f"vision_encoder: {{name: clip, model: {model}}} (encoders: "
+            f"vision_encoder: {{name: NAME, model: {model}}} (encoders: "
             f"{', '.join(self.registry.names('vision_encoder'))})"
         )
         return None
 
-    def finish(self, spec: ComponentSpec, options: dict, where: str, source: str) -> Selection:
-        opts, problems = validate_options(spec, options, where)
+    def detect_format(self, path: str, where: str) -> str | None:
+        sample = _first_record(path, where, self.problems)
+        if sample is False:
+            return None
+        name = self.host.detect_dataset_format(path=path, sample=sample or None) if self.host else None
+        if name is None:
+            self.problems.append(f"{where}: no dataset format recognises {path}; name one with 'format' "
+                                 f"({', '.join(self.registry.names('dataset_format'))})")
+            return None
+        self.notes.append(f"{where}: {path} read as '{name}' (auto-detected)")
+        return name
+
+    def finish(self, entry: Entry, where: str) -> Selection:
+        opts, problems = validate_options(entry.spec, entry.options, where)
         self.problems.extend(problems)
-        full = dataclasses.asdict(spec.make_config(opts)) if not problems and spec.config else dict(opts)
-        return Selection(spec=spec, options=full, source=source)
+        if not problems and entry.spec.config:
+            opts = dataclasses.asdict(entry.spec.make_config(opts))
+        return Selection(spec=entry.spec, options=opts, source=entry.source, label=entry.label)
+
+    # values -------------------------------------------------------------------------------------
+    def set_core(self, draft: Draft, key: str, value: Any, where: str) -> None:
+        draft.explicit.add(key)
+        if self.claims(key, value):  # e.g. attn_implementation: flash_attention_2 -> its component decides
+            draft.core[key] = value
+            draft.flat[key] = value
+            return
+        try:
+            draft.core[key] = coerce_value(value, CORE_KEYS[key][0], where)
+        except ValueError as e:
+            self.problems.append(str(e))
+            return
+        self.check_bounds(key, draft.core[key], where)
+
+    def set_training(self, draft: Draft, key: str, value: Any, where: str) -> None:
+        try:
+            if key in TRAINING_ALIASES:
+                coerced = coerce_value(value, TRAINING_ALIASES[key][0], where)
+                draft.aliases[key] = (coerced, where)
+            else:
+                coerced = draft.training[key] = coerce_value(value, TRAINING_KEYS[key], where)
+        except ValueError as e:
+            self.problems.append(str(e))
+            return
+        self.check_bounds(key, coerced, where)
+
+    def check_bounds(self, key: str, value: Any, where: str) -> None:
+        problem = check_bounds(key, value, where)
+        if problem:
+            self.problems.append(problem)
+
+
+def _local_config(model: str) -> dict[str, Any] | None:
+    cfg_path = Path(model) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _first_record(path: str, where: str, problems: list[str]) -> dict[str, Any] | bool | None:
+    """The first JSON/JSONL record of ``path`` (``None`` for other files, ``False`` on a problem)."""
+    p = Path(path)
+    if not p.exists():
+        problems.append(f"{where}: {path} does not exist (paths are relative to where you run vlmplug)")
+        return False
+    if not (p.is_file() and p.suffix in (".json", ".jsonl")):
+        return None
+    try:
+        text = read_text(p, "dataset")
+        if p.suffix == ".jsonl":
+            first = next((ln for ln in text.splitlines() if ln.strip()), "")
+            sample = json.loads(first) if first else None
+        else:
+            data = json.loads(text)
+            sample = data[0] if isinstance(data, list) and data else None
+    except ConfigError as e:
+        problems.append(f"{where}: {e}")
+        return False
+    except ValueError as e:
+        problems.append(f"{where}: cannot read {path}: {e}")
+        return False
+    return sample if isinstance(sample, dict) else None
+
+
+def _split_sets(data: Mapping[str, Any], sets: list[tuple[str, Any]], r: _Resolver) -> tuple[dict, list]:
+    """``--set`` on a key that selects components acts on the recipe itself (it still wins over the
+    file); the other overrides apply after selection."""
+    selecting = set(SINGLE_KEYS) | set(LIST_KEYS) | {"use_peft"} | {k for s in r.all_specs() for k in s.activated_by}
+    data = dict(data)
+    late = []
+    for key, value in sets:
+        if key in selecting:
+            data[key] = value
+        else:
+            late.append((key, value))
+    return data, late
+
+
+def _read_keys(data: Mapping[str, Any], r: _Resolver) -> Draft:
+    """Sort the recipe's keys: core values, training values, component choices, flat component keys."""
+    draft = Draft(core={k: d for k, (_, d, _) in CORE_KEYS.items()})
+    for key, value in data.items():
+        if key in CORE_KEYS:
+            r.set_core(draft, key, value, key)
+        elif key in TRAINING_KEYS or key in TRAINING_ALIASES:
+            r.set_training(draft, key, value, key)
+        elif key == "training_args":
+            if isinstance(value, Mapping):
+                draft.training_args.update(value)
+            else:
+                r.problems.append("training_args: expected a mapping of TrainingArguments fields")
+        elif key in SINGLE_KEYS:
+            fam = SINGLE_KEYS[key]
+            if fam in draft.single_raw and draft.single_raw[fam][2] != key:
+                r.problems.append(f"{key}: the recipe already chooses the {FAMILY_TITLES[fam]} with "
+                                  f"'{draft.single_raw[fam][2]}'; keep one of them")
+                continue
+            name, opts = r.split_entry(value, key)
+            draft.single_raw[fam] = (name, opts, key)
+        elif key in LIST_KEYS:
+            draft.lists_raw[key] = [] if value is None else list(value) if isinstance(value, list) else [value]
+        else:
+            draft.flat[key] = value
+    return draft
+
+
+def _select_single(draft: Draft, r: _Resolver) -> None:
+    """The one-only families the recipe names (an encoder may be named by its hub id or path)."""
+    for fam, (name, opts, key) in draft.single_raw.items():
+        if name is None and fam == "vision_encoder" and "model" in opts:
+            spec = r.detect_encoder(str(opts["model"]), key)
+        elif name is None:
+            r.problems.append(f"{key}: a mapping needs 'name' (one of {', '.join(r.registry.names(fam))})")
+            continue
+        elif (fam == "vision_encoder" and name not in r.registry and r.registry.planned(name) is None
+              and ("/" in name or Path(name).exists())):
+            spec = r.detect_encoder(name, key)
+            opts = {"model": name, **opts}
+        else:
+            spec = r.lookup(name, fam, key)
+        if spec is not None:
+            draft.single[fam] = Entry(spec, opts)
+
+
+def _activate_flat_keys(draft: Draft, r: _Resolver) -> None:
+    """Flat keys either select a component (``activated_by``), configure one (``flat_keys``), name a
+    roadmap component, or are unknown."""
+    for key, value in draft.flat.items():
+        consumed = False
+        for spec in r.all_specs():
+            if key in spec.activated_by:
+                consumed = True
+                if spec.activated(key, value):
+                    if spec.planned:
+                        r.problems.append(r.planned_value(key, value, spec) if key in CORE_KEYS
+                                          else r.planned_key(key, spec))
+                    else:
+                        draft.activated.append((spec, key))
+            if key in spec.flat_keys:
+                consumed = True
+                if spec.planned:
+                    r.problems.append(r.planned_key(key, spec))
+                else:
+                    draft.owned[key] = value
+        if not consumed and key not in CORE_KEYS:
+            known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *SINGLE_KEYS, *LIST_KEYS, "training_args",
+                     *{k for s in r.registry for k in (*s.activated_by, *s.flat_keys)}]
+            r.problems.append(f"{key}: unknown recipe key{did_you_mean(key, known)} "
+                              f"(recipe keys are listed in docs/recipes.md; component options in `vlmplug info NAME`)")
+    for spec, key in draft.activated:
+        fam = spec.family
+        if fam in SINGLE_FAMILIES:
+            if fam in draft.single and draft.single[fam].spec.name != spec.name:
+                r.problems.append(f"{key}: selects {FAMILY_TITLES[fam]} '{spec.name}' but the recipe also chooses "
+                                  f"'{draft.single[fam].spec.name}'; keep one")
+            else:
+                draft.single.setdefault(fam, Entry(spec, {}))
+        elif fam in ("optimizer_stack", "evaluator"):
+            draft.lists[_list_key(fam)].append(Entry(spec, {}))
+
+
+def _list_key(family: str) -> str:
+    return "optimizer_stack" if family == "optimizer_stack" else "evaluators"
+
+
+def _select_lists(draft: Draft, r: _Resolver) -> None:
+    """``optimizer_stack:`` and ``evaluators:`` entries, merged with components a flat key activated."""
+    for key in ("optimizer_stack", "evaluators"):
+        for i, raw in enumerate(draft.lists_raw.get(key, [])):
+            name, opts = r.split_entry(raw, f"{key}[{i}]")
+            spec = r.lookup(name, LIST_KEYS[key], f"{key}[{i}]") if name is not None else None
+            if spec is None:
+                continue
+            same = [e for e in draft.lists[key] if e.spec.name == spec.name]
+            if same:  # a flat key activated it too: merge the options
+                same[0].options.update(opts)
+            else:
+                draft.lists[key].append(Entry(spec, opts))
+
+
+def _apply_plugins(draft: Draft, plugins: Iterable[str], r: _Resolver) -> None:
+    """``--plugins``: replaces the choice of a one-only family, appends to a list family."""
+    for name in plugins:
+        spec = r.registry.get(name)
+        if spec is None:
+            r.problems.append(r.unknown_name(name, None, "--plugins"))
+            continue
+        fam = spec.family
+        if fam in SINGLE_FAMILIES:
+            draft.from_cli.setdefault(fam, []).append(spec.name)
+            before = draft.single.get(fam)
+            if len(draft.from_cli[fam]) > 1 or (before is not None and before.spec.name == spec.name):
+                continue
+            if before is not None:
+                r.notes.append(f"{fam}: {before.spec.name} -> {spec.name} (from --plugins)")
+            draft.single[fam] = Entry(spec, {}, "--plugins")
+        elif fam == "dataset_format":
+            draft.lists_raw.setdefault("datasets", []).append({"format": spec.name})
+        elif all(e.spec.name != spec.name for e in draft.lists[_list_key(fam)]):
+            draft.lists[_list_key(fam)].append(Entry(spec, {}, "--plugins"))
+    for fam, names in draft.from_cli.items():
+        if len(names) > 1:
+            r.problems.append(f"--plugins: {FAMILY_TITLES[fam]}: choose one of {', '.join(names)}")
+
+
+def _apply_defaults(draft: Draft, r: _Resolver) -> None:
+    """Owners of flat keys, then each one-only family's declared default; then what is still missing."""
+    for key in draft.owned:  # a flat key owned by one component of an empty family selects it (lora_r -> lora)
+        owners = [s for s in r.registry if key in s.flat_keys]
+        if len(owners) == 1 and owners[0].family in SINGLE_FAMILIES and owners[0].family not in draft.single:
+            draft.single[owners[0].family] = Entry(owners[0], {})
+            r.notes.append(f"{owners[0].family}: '{key}' is an option of '{owners[0].name}': selecting it")
+    for fam in FAMILIES:
+        if fam not in SINGLE_FAMILIES or fam in draft.single:
+            continue
+        spec = r.registry.default(fam, draft.core)
+        if spec is not None:
+            draft.single[fam] = Entry(spec, {}, "default")
+            if spec.default_when and set(spec.default_when) <= draft.explicit:
+                why = ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.default_when.items())
+                r.notes.append(f"{fam}: no {FAMILY_TITLES[fam]} named; using '{spec.name}' (the default for {why})")
+    for entry in draft.single.values():
+        for key, value in entry.spec.contradicts.items():
+            if key in draft.explicit and draft.core.get(key) is not None and bool(draft.core[key]) == bool(value):
+                r.problems.append(f"{key}: {json.dumps(draft.core[key])} contradicts {FAMILY_TITLES[entry.spec.family]} "
+                                  f"'{entry.spec.name}'; drop one")
+    for fam in ("vision_encoder", "connector"):
+        if fam not in draft.single and not any(fam in p for p in r.problems):
+            r.problems.append(f"the recipe chooses no {FAMILY_TITLES[fam]}: add `{fam}: NAME` "
+                              f"({', '.join(r.registry.names(fam))})")
+    if not draft.core.get("model"):
+        r.problems.append("model: the recipe names no LLM; set `model: HUB_ID_OR_PATH` (or 'tiny-llama')")
+
+
+def _select_datasets(draft: Draft, r: _Resolver) -> None:
+    """``datasets:`` / ``eval_datasets:``: a format name, a path (format detected), or a mapping
+    with ``format`` / ``path`` / ``name`` (the label in reports) and the format's options."""
+    for key in ("datasets", "eval_datasets"):
+        for i, raw in enumerate(draft.lists_raw.get(key, [])):
+            where = f"{key}[{i}]"
+            if isinstance(raw, str):
+                raw = {"format": raw} if raw in r.registry else {"path": raw}
+            if not isinstance(raw, Mapping):
+                r.problems.append(f"{where}: expected a format name, a path, or a mapping with 'format'/'path'")
+                continue
+            opts = dict(raw)
+            label = opts.pop("name", None)
+            name = opts.pop("format", None)
+            if name is None and "path" not in opts:
+                r.problems.append(f"{where}: give 'path' (and optionally 'format': "
+                                  f"{', '.join(r.registry.names('dataset_format'))})")
+                continue
+            name = name if name is not None else r.detect_format(str(opts["path"]), where)
+            spec = r.lookup(str(name), "dataset_format", where) if name is not None else None
+            if spec is not None:
+                draft.lists[key].append(Entry(spec, opts, label=str(label) if label is not None else None))
+    if not draft.lists["datasets"]:
+        r.problems.append("datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`")
+    _label_eval_sets(draft.lists["eval_datasets"], r)
+
+
+def _label_eval_sets(entries: list[Entry], r: _Resolver) -> None:
+    """Every eval set gets a unique label (its ``name``, else its format, numbered when repeated)."""
+    seen: set[str] = set()
+    for entry in entries:
+        base = entry.label or entry.spec.name
+        label, n = base, 1
+        while label in seen:
+            n += 1
+            label = f"{base}-{n}"
+        if entry.label and entry.label in seen:
+            r.problems.append(f"eval_datasets: two sets are named '{entry.label}'; names must be unique")
+        seen.add(label)
+        entry.label = label
+
+
+def _distribute_owned_keys(draft: Draft, r: _Resolver) -> None:
+    """Top-level keys owned by selected components become those components' options."""
+    chosen = draft.chosen()
+    for key, value in draft.owned.items():
+        owners = [e for e in chosen if key in e.spec.flat_keys]
+        if not owners:
+            if value in (False, None) and any(key in s.activated_by for s in r.registry):
+                continue  # e.g. `bf16: false`: the component that key would select stays off
+            candidates = [s.name for s in r.registry if key in s.flat_keys]
+            r.problems.append(f"{key}: belongs to {' / '.join(candidates)}, which the recipe does not select "
+                              f"(add --plugins {candidates[0]})")
+            continue
+        for e in owners:
+            if key in e.options and e.options[key] != value:
+                r.problems.append(f"{key}: set to {value!r} at top level and {e.options[key]!r} under "
+                                  f"{FAMILY_TITLES[e.spec.family]} '{e.spec.name}'; keep one")
+            e.options.setdefault(key, value)
+
+
+def _apply_late_sets(draft: Draft, r: _Resolver) -> None:
+    """``--set`` (highest precedence): core and training keys, ``COMPONENT.OPTION``, ``FAMILY.OPTION``,
+    ``datasets.INDEX.OPTION``, ``training_args.FIELD`` and component flat keys."""
+    chosen = draft.chosen()
+    for key, value in draft.late_sets:
+        where = f"--set {key}"
+        head, _, rest = key.partition(".")
+        if key in CORE_KEYS:
+            r.set_core(draft, key, value, where)
+        elif key in TRAINING_KEYS or key in TRAINING_ALIASES:
+            r.set_training(draft, key, value, where)
+        elif rest and head in ("datasets", "eval_datasets"):
+            idx, _, opt = rest.partition(".")
+            if not idx.isdigit() or not opt or int(idx) >= len(draft.lists[head]):
+                r.problems.append(f"{where}: expected {head}.INDEX.OPTION with INDEX < {len(draft.lists[head])}")
+            else:
+                draft.lists[head][int(idx)].options[opt] = value
+        elif rest and head == "training_args":
+            draft.training_args[rest] = value
+        elif rest:
+            targets = [e for e in chosen if head in (e.spec.name, e.spec.family)]
+            if not targets:
+                r.problems.append(f"{where}: '{head}' is not a selected component or family "
+                                  f"(selected: {', '.join(dict.fromkeys(e.spec.name for e in chosen))})")
+            for e in targets:
+                e.options[rest] = value
+        else:
+            _set_flat_key(key, value, where, chosen, r)
+
+
+def _set_flat_key(key: str, value: Any, where: str, chosen: list[Entry], r: _Resolver) -> None:
+    owners = [e for e in chosen if key in e.spec.flat_keys]
+    for e in owners:
+        e.options[key] = value
+    if owners:
+        return
+    planned = [s for s in r.registry.planned_specs() if key in s.flat_keys]
+    if planned:
+        r.problems.append(r.planned_key(key, planned[0]))
+        return
+    known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *{k for e in chosen for k in e.spec.flat_keys}]
+    r.problems.append(f"{where}: unknown key{did_you_mean(key, known)}; use a recipe key, "
+                      f"COMPONENT.OPTION or FAMILY.OPTION (see `vlmplug info NAME`)")
+
+
+def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> ResolvedRecipe:
+    """Validate every component's options, requires / conflicts / extras; translate guide spellings."""
+    single = {fam: r.finish(draft.single[fam], fam) for fam in FAMILIES if fam in draft.single}
+    datasets = [r.finish(e, f"datasets[{i}]") for i, e in enumerate(draft.lists["datasets"])]
+    eval_datasets = [r.finish(e, f"eval_datasets[{i}]") for i, e in enumerate(draft.lists["eval_datasets"])]
+    stack = [r.finish(e, f"optimizer_stack[{e.spec.name}]") for e in draft.lists["optimizer_stack"]]
+    evaluators = [r.finish(e, f"evaluators[{e.spec.name}]") for e in draft.lists["evaluators"]]
+    chosen = [*single.values(), *datasets, *eval_datasets, *stack, *evaluators]
+    names = {s.name for s in chosen}
+    for sel in chosen:
+        r.problems.extend(f"{sel.name} requires '{req}'; add --plugins {req}"
+                          for req in sel.spec.requires if req not in names)
+        r.problems.extend(f"{sel.name} conflicts with '{con}'; remove one of them"
+                          for con in sel.spec.conflicts if con in names)
+    if check_deps:
+        r.problems.extend(deps.check({s.name: s.spec for s in chosen}.values()))
+    _translate_aliases(draft, r)
+    if r.problems:
+        raise ConfigError(list(dict.fromkeys(r.problems)))
+    core = draft.core
+    return ResolvedRecipe(
+        name=str(core["name"]), description=str(core["description"]), source=source, core=core,
+        training=draft.training, training_args=draft.training_args, single=single, datasets=datasets,
+        eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
+    )
+
+
+def _translate_aliases(draft: Draft, r: _Resolver) -> None:
+    """``warmup_ratio`` -> ``warmup_steps`` (a float below 1 is a fraction in transformers 5);
+    ``group_by_length: true`` -> ``train_sampling_strategy: group_by_length``."""
+    if "warmup_ratio" in draft.aliases:
+        value, where = draft.aliases["warmup_ratio"]
+        if "warmup_steps" in draft.training:
+            r.problems.append(f"{where}: set warmup_ratio or warmup_steps, not both")
+        elif 0 <= value < 1:
+            draft.training["warmup_steps"] = value
+            r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
+                           f"below 1 as a fraction of the total steps)")
+    if draft.aliases.get("group_by_length", (False,))[0]:
+        draft.training["train_sampling_strategy"] = "group_by_length"
 
 
 def resolve(
@@ -268,368 +725,15 @@ def resolve(
 ) -> ResolvedRecipe:
     """Resolve a recipe mapping into a :class:`ResolvedRecipe`, or raise one ConfigError with all problems."""
     r = _Resolver(registry, host)
-    data = dict(data)
-    sets = list(sets)
-
-    # --set on a key that selects components acts on the recipe itself (it still wins over the file)
-    selecting = set(SINGLE_KEYS) | set(LIST_KEYS) | {"use_peft"} | {k for s in registry for k in s.activated_by}
-    late_sets: list[tuple[str, Any]] = []
-    for key, value in sets:
-        if key in selecting:
-            data[key] = value
-        else:
-            late_sets.append((key, value))
-
-    core: dict[str, Any] = {k: d for k, (_, d, _) in CORE_KEYS.items()}
-    training: dict[str, Any] = {}
-    training_args: dict[str, Any] = {}
-    single_raw: dict[str, tuple[str | None, dict, str]] = {}
-    lists_raw: dict[str, list] = {}
-    flat: dict[str, Any] = {}
-
-    def set_core(key: str, value: Any, where: str) -> None:
-        tp = CORE_KEYS[key][0]
-        planned = PLANNED_VALUES.get((key, value)) if isinstance(value, (str, int, float, bool)) else None
-        if planned:
-            comp, fam = planned
-            r.problems.append(f"{where}: {value} needs '{comp}' ({FAMILY_TITLES[fam]}), which is on the "
-                              f"vlmplug roadmap but not available in vlmplug {__version__}")
-            return
-        try:
-            core[key] = coerce_value(value, tp, where)
-        except ValueError as e:
-            r.problems.append(str(e))
-
-    aliases: dict[str, tuple[Any, str]] = {}  # transformers-4 / guide spellings, translated below
-
-    def set_training(key: str, value: Any, where: str) -> None:
-        try:
-            if key in TRAINING_ALIASES:
-                aliases[key] = (coerce_value(value, TRAINING_ALIASES[key][0], where), where)
-            else:
-                training[key] = coerce_value(value, TRAINING_KEYS[key], where)
-        except ValueError as e:
-            r.problems.append(str(e))
-
-    for key, value in data.items():
-        where = key
-        if key in CORE_KEYS:
-            set_core(key, value, where)
-        elif key in TRAINING_KEYS or key in TRAINING_ALIASES:
-            set_training(key, value, where)
-        elif key == "training_args":
-            if isinstance(value, Mapping):
-                training_args.update(value)
-            else:
-                r.problems.append("training_args: expected a mapping of TrainingArguments fields")
-        elif key in SINGLE_KEYS:
-            fam = SINGLE_KEYS[key]
-            if fam in single_raw and single_raw[fam][2] != key:
-                r.problems.append(f"{key}: the recipe already chooses the {FAMILY_TITLES[fam]} with "
-                                  f"'{single_raw[fam][2]}'; keep one of them")
-                continue
-            name, opts = r.split_entry(value, fam, key)
-            single_raw[fam] = (name, opts, key)
-        elif key in LIST_KEYS:
-            if value is None:
-                value = []
-            if not isinstance(value, list):
-                value = [value]
-            lists_raw[key] = list(value)
-        else:
-            flat[key] = value
-
-    # -- one-only families from the recipe ---------------------------------------------------
-    single: dict[str, tuple[ComponentSpec, dict, str]] = {}
-    for fam, (name, opts, key) in single_raw.items():
-        if name is None and fam == "vision_encoder" and "model" in opts:
-            spec = r.detect_encoder(str(opts["model"]), key)
-        elif name is None:
-            r.problems.append(f"{key}: a mapping needs 'name' (one of {', '.join(registry.names(fam))})")
-            continue
-        elif fam == "vision_encoder" and registry.get(name) is None and ("/" in name or Path(name).exists()):
-            spec = r.detect_encoder(name, key)
-            opts = {"model": name, **opts}
-        else:
-            spec = r.lookup(name, fam, key)
-        if spec is not None:
-            single[fam] = (spec, opts, "recipe")
-
-    # -- flat keys: activation, ownership, planned, unknown ------------------------------------
-    activated: list[tuple[ComponentSpec, str]] = []
-    owned: dict[str, Any] = {}
-    for key, value in flat.items():
-        consumed = False
-        for spec in registry:
-            if key in spec.activated_by:
-                consumed = True
-                if value == spec.activated_by[key] or (spec.activated_by[key] is True and value not in (False, None)):
-                    activated.append((spec, key))
-            if key in spec.flat_keys:
-                consumed = True
-                owned[key] = value
-        if consumed:
-            continue
-        if key in PLANNED_KEYS and registry.get(PLANNED_KEYS[key][0]) is None:
-            r.problems.append(_planned_key_problem(key))
-            continue
-        known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *SINGLE_KEYS, *LIST_KEYS, "training_args",
-                 *{k for s in registry for k in (*s.activated_by, *s.flat_keys)}]
-        r.problems.append(f"{key}: unknown recipe key{did_you_mean(key, known)} "
-                          f"(recipe keys are listed in docs/recipes.md; component options in `vlmplug info NAME`)")
-
-    lists: dict[str, list[tuple[ComponentSpec, dict, str]]] = {"optimizer_stack": [], "evaluators": []}
-    for spec, key in activated:
-        fam = spec.family
-        if fam in SINGLE_FAMILIES:
-            if fam in single and single[fam][0].name != spec.name:
-                r.problems.append(f"{key}: selects {FAMILY_TITLES[fam]} '{spec.name}' but the recipe also chooses "
-                                  f"'{single[fam][0].name}'; keep one")
-            else:
-                single.setdefault(fam, (spec, {}, "recipe"))
-        elif fam == "optimizer_stack":
-            lists["optimizer_stack"].append((spec, {}, "recipe"))
-        elif fam == "evaluator":
-            lists["evaluators"].append((spec, {}, "recipe"))
-
-    for key in ("optimizer_stack", "evaluators"):
-        fam = LIST_KEYS[key]
-        for i, entry in enumerate(lists_raw.get(key, [])):
-            name, opts = r.split_entry(entry, fam, f"{key}[{i}]")
-            if name is None:
-                continue
-            spec = r.lookup(name, fam, f"{key}[{i}]")
-            if spec is None:
-                continue
-            existing = [j for j, (s, _, _) in enumerate(lists[key]) if s.name == spec.name]
-            if existing:  # a flat key activated it too: merge the options
-                lists[key][existing[0]] = (spec, {**lists[key][existing[0]][1], **opts}, "recipe")
-            else:
-                lists[key].append((spec, opts, "recipe"))
-
-    # -- --plugins ----------------------------------------------------------------------------
-    from_cli: dict[str, list[str]] = {}
-    for name in plugins:
-        spec = registry.get(name)
-        if spec is None:
-            r.problems.append(r.unknown_name(name, None, "--plugins"))
-            continue
-        fam = spec.family
-        if fam in SINGLE_FAMILIES:
-            from_cli.setdefault(fam, []).append(spec.name)
-            if len(from_cli[fam]) > 1:
-                continue
-            before = single.get(fam)
-            if before is not None and before[0].name != spec.name:
-                r.notes.append(f"{fam}: {before[0].name} -> {spec.name} (from --plugins)")
-            if before is None or before[0].name != spec.name:
-                single[fam] = (spec, {}, "--plugins")
-        elif fam == "dataset_format":
-            lists_raw.setdefault("datasets", []).append({"format": spec.name})
-        else:
-            key = "optimizer_stack" if fam == "optimizer_stack" else "evaluators"
-            if all(s.name != spec.name for s, _, _ in lists[key]):
-                lists[key].append((spec, {}, "--plugins"))
-    for fam, names in from_cli.items():
-        if len(names) > 1:
-            r.problems.append(f"--plugins: {FAMILY_TITLES[fam]}: choose one of {', '.join(names)}")
-
-    # -- a flat key owned by one component of an empty one-only family selects it (lora_r -> lora)
-    for key in owned:
-        owners = [s for s in registry if key in s.flat_keys]
-        fams = {s.family for s in owners}
-        if len(owners) == 1 and fams <= SINGLE_FAMILIES and owners[0].family not in single:
-            single[owners[0].family] = (owners[0], {}, "recipe")
-            r.notes.append(f"{owners[0].family}: '{key}' is an option of '{owners[0].name}': selecting it")
-
-    # -- defaults -----------------------------------------------------------------------------
-    use_peft = core.get("use_peft")
-    if "peft" not in single:
-        default_peft = "lora" if use_peft else "full"
-        spec = registry.get(default_peft)
-        if spec is not None:
-            single["peft"] = (spec, {}, "default")
-            if use_peft:
-                r.notes.append("peft: use_peft is true and no method is named: using 'lora'")
-    elif use_peft is False and single["peft"][0].name != "full":
-        r.problems.append(f"use_peft: false contradicts peft method '{single['peft'][0].name}'; drop one")
-    elif use_peft and single["peft"][0].name == "full":
-        r.problems.append("use_peft: true contradicts peft method 'full'; choose an adapter method (lora)")
-    for fam, name in DEFAULTS.items():
-        if fam not in single and registry.get(name) is not None:
-            single[fam] = (registry.get(name), {}, "default")
-    for fam in ("vision_encoder", "connector"):
-        if fam not in single and not any(fam in p for p in r.problems):
-            r.problems.append(f"the recipe chooses no {FAMILY_TITLES[fam]}: add `{fam}: NAME` "
-                              f"({', '.join(registry.names(fam))})")
-    if not core.get("model"):
-        r.problems.append("model: the recipe names no LLM; set `model: HUB_ID_OR_PATH` (or 'tiny-llama')")
-
-    # -- datasets -----------------------------------------------------------------------------
-    ds_lists: dict[str, list[tuple[ComponentSpec, dict, str]]] = {"datasets": [], "eval_datasets": []}
-    for key in ("datasets", "eval_datasets"):
-        for i, entry in enumerate(lists_raw.get(key, [])):
-            where = f"{key}[{i}]"
-            if isinstance(entry, str):
-                entry = {"format": entry} if registry.get(entry) else {"path": entry}
-            if not isinstance(entry, Mapping):
-                r.problems.append(f"{where}: expected a format name, a path, or a mapping with 'format'/'path'")
-                continue
-            opts = dict(entry)
-            name = opts.pop("format", None)
-            if name is None:
-                if "path" not in opts:
-                    r.problems.append(f"{where}: give 'path' (and optionally 'format': "
-                                      f"{', '.join(registry.names('dataset_format'))})")
-                    continue
-                name = _detect_format(r, str(opts["path"]), where)
-                if name is None:
-                    continue
-            spec = r.lookup(str(name), "dataset_format", where)
-            if spec is not None:
-                ds_lists[key].append((spec, opts, "recipe"))
-    if not ds_lists["datasets"]:
-        r.problems.append("datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`")
-
-    # -- flat keys owned by selected components -------------------------------------------------
-    all_sel: list[tuple[ComponentSpec, dict, str]] = [
-        *single.values(), *lists["optimizer_stack"], *lists["evaluators"], *ds_lists["datasets"],
-        *ds_lists["eval_datasets"],
-    ]
-    for key, value in owned.items():
-        owners = [(s, o) for s, o, _ in all_sel if key in s.flat_keys]
-        if not owners:
-            if value in (False, None) and any(key in s.activated_by for s in registry):
-                continue  # e.g. `bf16: false`: the component that key would select stays off
-            candidates = [s.name for s in registry if key in s.flat_keys]
-            r.problems.append(f"{key}: belongs to {' / '.join(candidates)}, which the recipe does not select "
-                              f"(add --plugins {candidates[0]})")
-            continue
-        for spec, opts in owners:
-            if key in opts and opts[key] != value:
-                r.problems.append(f"{key}: set to {value!r} at top level and {opts[key]!r} under "
-                                  f"{FAMILY_TITLES[spec.family]} '{spec.name}'; keep one")
-            opts.setdefault(key, value)
-
-    # -- --set (highest precedence) -----------------------------------------------------------
-    for key, value in late_sets:
-        where = f"--set {key}"
-        if key in CORE_KEYS:
-            set_core(key, value, where)
-            continue
-        if key in TRAINING_KEYS or key in TRAINING_ALIASES:
-            set_training(key, value, where)
-            continue
-        head, _, rest = key.partition(".")
-        if rest and head in ("datasets", "eval_datasets"):
-            idx, _, opt = rest.partition(".")
-            if not idx.isdigit() or not opt or int(idx) >= len(ds_lists[head]):
-                r.problems.append(f"{where}: expected {head}.INDEX.OPTION with INDEX < {len(ds_lists[head])}")
-            else:
-                ds_lists[head][int(idx)][1][opt] = value
-            continue
-        if rest and head == "training_args":
-            training_args[rest] = value
-            continue
-        if rest:
-            targets = [o for s, o, _ in all_sel if head in (s.name, s.family)]
-            if not targets:
-                r.problems.append(f"{where}: '{head}' is not a selected component or family "
-                                  f"(selected: {', '.join(dict.fromkeys(s.name for s, _, _ in all_sel))})")
-            for o in targets:
-                o[rest] = value
-            continue
-        owners = [o for s, o, _ in all_sel if key in s.flat_keys]
-        if owners:
-            for o in owners:
-                o[key] = value
-            continue
-        if key in PLANNED_KEYS and registry.get(PLANNED_KEYS[key][0]) is None:
-            r.problems.append(_planned_key_problem(key))
-            continue
-        known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *{k for s, _, _ in all_sel for k in s.flat_keys}]
-        r.problems.append(f"{where}: unknown key{did_you_mean(key, known)}; use a recipe key, "
-                          f"COMPONENT.OPTION or FAMILY.OPTION (see `vlmplug info NAME`)")
-
-    # -- validate options -----------------------------------------------------------------------
-    resolved_single = {fam: r.finish(spec, opts, fam, src) for fam, (spec, opts, src) in single.items()}
-    resolved_single = {fam: resolved_single[fam] for fam in ("vision_encoder", "connector", "fusion", "peft")
-                       if fam in resolved_single}
-    datasets = [r.finish(s, o, f"datasets[{i}]", src) for i, (s, o, src) in enumerate(ds_lists["datasets"])]
-    eval_datasets = [r.finish(s, o, f"eval_datasets[{i}]", src)
-                     for i, (s, o, src) in enumerate(ds_lists["eval_datasets"])]
-    stack = [r.finish(s, o, f"optimizer_stack[{s.name}]", src) for s, o, src in lists["optimizer_stack"]]
-    evaluators = [r.finish(s, o, f"evaluators[{s.name}]", src) for s, o, src in lists["evaluators"]]
-
-    # -- requires / conflicts / extras ----------------------------------------------------------
-    chosen = [*resolved_single.values(), *datasets, *eval_datasets, *stack, *evaluators]
-    names = {s.name for s in chosen}
-    for sel in chosen:
-        for req in sel.spec.requires:
-            if req not in names:
-                r.problems.append(f"{sel.name} requires '{req}'; add --plugins {req}")
-        for con in sel.spec.conflicts:
-            if con in names:
-                r.problems.append(f"{sel.name} conflicts with '{con}'; remove one of them")
-    if check_deps:
-        seen: dict[str, ComponentSpec] = {s.name: s.spec for s in chosen}
-        r.problems.extend(deps.check(seen.values()))
-
-    _translate_aliases(aliases, training, r)
-    if r.problems:
-        raise ConfigError(list(dict.fromkeys(r.problems)))
-    return ResolvedRecipe(
-        name=str(core["name"]), description=str(core["description"]), source=source, core=core,
-        training=training, training_args=training_args, single=resolved_single, datasets=datasets,
-        eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
-    )
-
-
-def _translate_aliases(aliases: dict[str, tuple[Any, str]], training: dict[str, Any], r: _Resolver) -> None:
-    """``warmup_ratio`` -> ``warmup_steps`` (a float below 1 is a fraction in transformers 5);
-    ``group_by_length: true`` -> ``train_sampling_strategy: group_by_length``."""
-    if "warmup_ratio" in aliases:
-        value, where = aliases["warmup_ratio"]
-        if not 0 <= value < 1:
-            r.problems.append(f"{where}: warmup_ratio must be in [0, 1), got {value}")
-        elif "warmup_steps" in training:
-            r.problems.append(f"{where}: set warmup_ratio or warmup_steps, not both")
-        else:
-            training["warmup_steps"] = value
-            r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
-                           f"below 1 as a fraction of the total steps)")
-    if aliases.get("group_by_length", (False,))[0]:
-        training["train_sampling_strategy"] = "group_by_length"
-
-
-def _planned_key_problem(key: str) -> str:
-    comp, fam = PLANNED_KEYS[key]
-    return (f"{key}: configures '{comp}' ({FAMILY_TITLES[fam]}), which is on the vlmplug roadmap but not "
-            f"available in vlmplug {__version__}; remove the key or install a plugin that provides '{comp}'")
-
-
-def _detect_format(r: _Resolver, path: str, where: str) -> str | None:
-    sample = None
-    p = Path(path)
-    if p.is_file() and p.suffix in (".json", ".jsonl"):
-        try:
-            with p.open(encoding="utf-8") as fh:
-                if p.suffix == ".jsonl":
-                    first = next((ln for ln in fh if ln.strip()), "")
-                    sample = json.loads(first) if first else None
-                else:
-                    data = json.load(fh)
-                    sample = data[0] if isinstance(data, list) and data else None
-        except (OSError, ValueError) as e:
-            r.problems.append(f"{where}: cannot read {path}: {e}")
-            return None
-    elif not p.exists():
-        r.problems.append(f"{where}: {path} does not exist (paths are relative to where you run vlmplug)")
-        return None
-    name = r.host.detect_dataset_format(path=path, sample=sample) if r.host else None
-    if name is None:
-        r.problems.append(f"{where}: no dataset format recognises {path}; name one with 'format' "
-                          f"({', '.join(r.registry.names('dataset_format'))})")
-        return None
-    r.notes.append(f"{where}: {path} read as '{name}' (auto-detected)")
-    return name
+    data, late_sets = _split_sets(data, list(sets), r)
+    draft = _read_keys(data, r)
+    draft.late_sets = late_sets
+    _select_single(draft, r)
+    _activate_flat_keys(draft, r)
+    _select_lists(draft, r)
+    _apply_plugins(draft, plugins, r)
+    _apply_defaults(draft, r)
+    _select_datasets(draft, r)
+    _distribute_owned_keys(draft, r)
+    _apply_late_sets(draft, r)
+    return _finish(draft, r, source, check_deps)

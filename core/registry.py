@@ -65,6 +65,13 @@ class ComponentSpec:
     :param activated_by: recipe flat keys that select this component: ``{"use_liger": True}``.
     :param flat_keys: config fields that may also be written at the top level of a recipe, as
         the guide does (``lora_r: 16``).
+    :param default_when: makes this the family's default when a recipe names no component of a
+        one-only family and the recipe's values match: ``{}`` always, ``{"use_peft": True}`` when
+        ``use_peft`` is true (booleans compare by truthiness, so an unset key counts as false).
+    :param contradicts: recipe values that cannot go with this component, e.g. ``{"use_peft": True}``
+        for full fine-tuning; checked only when the recipe sets the key.
+    :param planned: a roadmap placeholder, not a component: names and keys that a later release (or
+        an installed plugin) provides. A real component of the same name replaces it.
     :param family: set by the registry from the hook that registered the spec.
     """
 
@@ -78,11 +85,31 @@ class ComponentSpec:
     aliases: tuple[str, ...] = ()
     activated_by: Mapping[str, Any] = field(default_factory=dict)
     flat_keys: tuple[str, ...] = ()
+    default_when: Mapping[str, Any] | None = None
+    contradicts: Mapping[str, Any] = field(default_factory=dict)
+    planned: bool = False
     since: str = "0.1"
     family: str = ""
     provider: str = "built-in"
     version: str = ""
     plugin: str = ""
+
+    def activated(self, key: str, value: Any) -> bool:
+        """Whether ``key: value`` in a recipe selects this component (``activated_by``)."""
+        if key not in self.activated_by:
+            return False
+        want = self.activated_by[key]
+        if isinstance(want, (tuple, list, frozenset, set)):
+            return value in want
+        if want is True:
+            return value not in (False, None)
+        return bool(value == want)
+
+    def is_default(self, values: Mapping[str, Any]) -> bool:
+        """Whether this component is the family default for the recipe ``values``."""
+        if self.default_when is None:
+            return False
+        return all(_matches(values.get(k), v) for k, v in self.default_when.items())
 
     def load_factory(self) -> Callable[..., Any]:
         """Import and return the factory (the only place a component's heavy code loads)."""
@@ -101,6 +128,10 @@ class ComponentSpec:
                 raise ConfigError(f"{self.name}: takes no options, got {sorted(options)}")
             return None
         return self.config(**options)
+
+
+def _matches(value: Any, want: Any) -> bool:
+    return bool(value) == want if isinstance(want, bool) else bool(value == want)
 
 
 def config_fields(config: type | None) -> dict[str, dataclasses.Field]:
@@ -230,15 +261,27 @@ def validate_options(spec: ComponentSpec, options: Mapping[str, Any], where: str
 
 
 class Registry:
-    """All registered components by name, with alias lookup and duplicate detection."""
+    """All registered components by name, with alias lookup and duplicate detection.
+
+    Roadmap placeholders (``planned=True``) are kept apart: they never appear in listings or
+    lookups of real components, and a real component of the same name replaces them."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, ComponentSpec] = {}
         self._aliases: dict[str, str] = {}
+        self._planned: dict[str, ComponentSpec] = {}
         self.errors: list[str] = []
 
     def add(self, spec: ComponentSpec) -> None:
-        for name in (spec.name, *spec.aliases):
+        names = (spec.name, *spec.aliases)
+        if spec.planned:
+            if not any(n in self for n in names):
+                for name in names:
+                    self._planned[name] = spec
+            return
+        for name in names:
+            self._planned.pop(name, None)
+        for name in names:
             owner = self._by_name.get(name) or self._by_name.get(self._aliases.get(name, ""))
             if owner is not None:
                 raise ConfigError(
@@ -263,6 +306,20 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def planned(self, name: str) -> ComponentSpec | None:
+        """The roadmap placeholder named ``name`` (or aliased so), if no real component took it."""
+        return self._planned.get(name)
+
+    def planned_specs(self) -> list[ComponentSpec]:
+        return list({id(s): s for s in self._planned.values()}.values())
+
+    def default(self, family: str, values: Mapping[str, Any]) -> ComponentSpec | None:
+        """The first registered component of ``family`` that is the default for ``values``
+        (more specific ``default_when`` first)."""
+        candidates = [s for s in self._by_name.values() if s.family == family and s.is_default(values)]
+        candidates.sort(key=lambda s: -len(s.default_when or {}))
+        return candidates[0] if candidates else None
 
     def names(self, family: str | None = None) -> list[str]:
         return [s.name for s in self if family is None or s.family == family]

@@ -253,9 +253,9 @@ def test_score_vqa(tmp_path: Path) -> None:
     metrics = json.loads(res.stdout)
     assert metrics["accuracy"] == pytest.approx((1.0 + 0.0 + 0.6) / 3)
     assert metrics["count"] == 3
-    assert metrics["accuracy_color"] == pytest.approx(1.0)
-    assert metrics["accuracy_count"] == pytest.approx(0.0)
-    assert metrics["accuracy_what"] == pytest.approx(0.6)
+    assert metrics["per_type"]["color"] == pytest.approx(1.0)
+    assert metrics["per_type"]["count"] == pytest.approx(0.0)
+    assert metrics["per_type"]["what"] == pytest.approx(0.6)
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(written) == 3
     for row, w in zip(ROWS, written):

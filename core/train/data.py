@@ -6,7 +6,11 @@
 * each ``<image>`` token is expanded to the fusion's placeholder count; a sample whose placeholder
   count differs from its image count, or that is longer than ``max_seq_length``, is an error naming
   the row (or a counted skip with ``on_bad_sample: skip``);
-* images are read lazily (paths, ``data:`` URIs, bytes or PIL images) and preprocessed per batch.
+* images are read lazily (paths, ``data:`` URIs, bytes or PIL images) and preprocessed per batch;
+  rows are checked cheaply up front (keys, placeholders, files exist, image headers) and fully when
+  loaded. What fails late follows the same ``on_bad_sample`` policy as what fails early: under
+  ``skip`` the sample is replaced by the next good one and the skip travels with the batch to the
+  run's :class:`~vlmplug.errors.SkipReport`.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from vlmplug.errors import DataError
 
 IGNORE_INDEX = -100
 
-__all__ = ["IGNORE_INDEX", "SampleEncoder", "EncodedDataset", "TrainCollator", "load_image", "check_image",
-           "spread_indices"]
+__all__ = ["IGNORE_INDEX", "SKIPPED_KEY", "SampleEncoder", "EncodedDataset", "TrainCollator", "load_image",
+           "check_image", "spread_indices", "sample_texts"]
+
+#: Batch key carrying the skips of a batch (popped by the trainer before the model sees the batch).
+SKIPPED_KEY = "vlmplug_skipped"
 
 
 def spread_indices(n: int, limit: int, seed: int = 0) -> list[int]:
@@ -42,6 +49,21 @@ def _where(sample: dict[str, Any], index: int, name: str) -> str:
     return str(sample.get("_where") or f"{name} sample {index}")
 
 
+def sample_texts(samples: Sequence[dict[str, Any]], limit: int = 5000) -> list[str]:
+    """The message texts of (a random subset of) ``samples``, e.g. to train a tokenizer."""
+    return [m["content"] for i in spread_indices(len(samples), limit) for m in samples[i]["messages"]]
+
+
+def _missing(where: str, ref: Any) -> DataError:
+    return DataError(f"{where}: image not found: {ref}; fix the path (relative to the data file) "
+                     f"or set on_bad_sample: skip", reason="missing-image", where=where)
+
+
+def _url(where: str, ref: str) -> DataError:
+    return DataError(f"{where}: image URL {ref} -- download images first (vlmplug reads local files)",
+                     reason="image-url", where=where)
+
+
 def load_image(ref: Any, where: str) -> Image.Image:
     """Open an image reference as RGB, or raise a DataError naming ``where``."""
     try:
@@ -52,18 +74,17 @@ def load_image(ref: Any, where: str) -> Image.Image:
         elif isinstance(ref, str) and ref.startswith("data:"):
             img = Image.open(io.BytesIO(base64.b64decode(ref.split(",", 1)[1])))
         elif isinstance(ref, str) and ref.startswith(("http://", "https://")):
-            raise DataError(f"{where}: image URL {ref} -- download images first (vlmplug reads local files)")
+            raise _url(where, ref)
         else:
             img = Image.open(ref)
         return img.convert("RGB")
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{where}: image not found: {ref}; fix the path (relative to the data file) "
-                        f"or set on_bad_sample: skip") from None
+        raise _missing(where, ref) from None
     except Exception as e:
         raise DataError(f"{where}: cannot read image {str(ref)[:120]}: {type(e).__name__}: {e}; replace the file "
-                        f"or set on_bad_sample: skip") from None
+                        f"or set on_bad_sample: skip", reason="unreadable-image", where=where) from None
 
 
 def check_image(ref: Any, where: str) -> None:
@@ -71,18 +92,18 @@ def check_image(ref: Any, where: str) -> None:
     if isinstance(ref, (Image.Image, bytes, bytearray)) or (isinstance(ref, str) and ref.startswith("data:")):
         return
     if not isinstance(ref, str):
-        raise DataError(f"{where}: an image must be a path, data URI, bytes or PIL image, got {type(ref).__name__}")
+        raise DataError(f"{where}: an image must be a path, data URI, bytes or PIL image, got {type(ref).__name__}",
+                        reason="malformed-row", where=where)
     if ref.startswith(("http://", "https://")):
-        raise DataError(f"{where}: image URL {ref} -- download images first (vlmplug reads local files)")
+        raise _url(where, ref)
     if not Path(ref).is_file():
-        raise DataError(f"{where}: image not found: {ref}; fix the path (relative to the data file) "
-                        f"or set on_bad_sample: skip")
+        raise _missing(where, ref)
     try:
         with Image.open(ref) as im:
             im.size  # noqa: B018 - header parse
     except Exception as e:
         raise DataError(f"{where}: {ref} is not a readable image ({type(e).__name__}: {e}); replace it "
-                        f"or set on_bad_sample: skip") from None
+                        f"or set on_bad_sample: skip", reason="unreadable-image", where=where) from None
 
 
 class SampleEncoder:
@@ -108,7 +129,8 @@ class SampleEncoder:
             upto = self._render(messages[: i + 1], False)
             if not upto.startswith(prefix) or not full.startswith(upto):
                 raise DataError(f"{where}: the chat template renders turns differently in prefixes, so assistant "
-                                f"turns cannot be located; set chat_template: in the recipe")
+                                f"turns cannot be located; set chat_template: in the recipe",
+                                reason="chat-template", where=where)
             spans.append((len(prefix), len(upto)))
         return spans
 
@@ -131,7 +153,8 @@ class SampleEncoder:
         n_slots = sum(1 for t in ids if t == self.image_token_id)
         if n_slots != n_images:
             raise DataError(f"{where}: {n_slots} '{self.image_token}' placeholder(s) in the text but {n_images} "
-                            f"image(s); put one '{self.image_token}' in a message for each image")
+                            f"image(s); put one '{self.image_token}' in a message for each image",
+                            reason="image-count", where=where)
         out_ids: list[int] = []
         out_labels: list[int] = []
         for j, t in enumerate(ids):
@@ -143,14 +166,15 @@ class SampleEncoder:
                 out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
         if len(out_ids) > self.max_seq_length:
             raise DataError(f"{where}: {len(out_ids)} tokens ({n_images} image(s) x {self.tokens_per_image}) exceed "
-                            f"max_seq_length {self.max_seq_length}; raise max_seq_length or set on_bad_sample: skip")
+                            f"max_seq_length {self.max_seq_length}; raise max_seq_length or set on_bad_sample: skip",
+                            reason="too-long", where=where)
         return out_ids, out_labels
 
     def encode(self, sample: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
         ids, labels = self._tokenize(sample["messages"], where)
         out_ids, out_labels = self._expand(ids, labels, len(sample.get("images") or []), where)
         if all(lb == IGNORE_INDEX for lb in out_labels):
-            raise DataError(f"{where}: no assistant tokens to train on")
+            raise DataError(f"{where}: no assistant tokens to train on", reason="no-target", where=where)
         return out_ids, out_labels
 
     def encode_prompt(self, messages: list[dict[str, str]], n_images: int, where: str) -> list[int]:
@@ -160,40 +184,78 @@ class SampleEncoder:
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """A training view of canonical samples: validated and tokenized up front, images read lazily."""
+    """A training view of canonical samples: checked and tokenized up front, images read lazily.
 
-    def __init__(self, samples: Sequence[dict[str, Any]], encoder: SampleEncoder, name: str, skip_bad: bool,
-                 progress: Callable[[int], None] | None = None):
+    ``skipped`` holds the rows dropped up front (the format's own and the encoder's). A sample whose
+    image fails to decode later is, under ``skip_bad``, replaced by the next good sample and reported
+    in the item's ``SKIPPED_KEY``; otherwise its DataError stops the run.
+    """
+
+    def __init__(self, samples: Sequence[dict[str, Any]], encoder: SampleEncoder | None, name: str, skip_bad: bool,
+                 progress: Callable[[int], None] | None = None,
+                 items: list[tuple[int, list[int], list[int]]] | None = None, skipped: list[dict] | None = None):
         self.samples = samples
-        self.items: list[tuple[int, list[int], list[int]]] = []
-        self.skipped: list[str] = list(getattr(samples, "skipped", []))
-        for i in range(len(samples)):
-            sample = samples[i]
-            where = _where(sample, i, name)
+        self.name = name
+        self.skip_bad = skip_bad
+        self.skipped: list[dict] = [_as_skip(e) for e in getattr(samples, "skipped", [])]
+        if items is not None:  # already encoded (e.g. by the main process)
+            self.items = items
+            self.skipped = list(skipped or [])
+        else:
+            assert encoder is not None
+            self.items = []
+            self._encode(encoder, progress)
+        if not self.items:
+            raise DataError(f"{name}: no usable samples ({len(self.skipped)} skipped)", reason="empty")
+
+    def _encode(self, encoder: SampleEncoder, progress: Callable[[int], None] | None) -> None:
+        for i in range(len(self.samples)):
+            sample = self.samples[i]
+            where = _where(sample, i, self.name)
             try:
                 for ref in sample.get("images") or []:
                     check_image(ref, where)
                 ids, labels = encoder.encode(sample, where)
             except DataError as e:
-                if not skip_bad:
+                if not self.skip_bad:
                     raise
-                self.skipped.append(str(e))
+                self.skipped.append(_as_skip(e))
                 continue
             self.items.append((i, ids, labels))
             if progress is not None:
                 progress(1)
-        if not self.items:
-            raise DataError(f"{name}: no usable samples ({len(self.skipped)} skipped)")
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
+    def _load(self, k: int) -> dict[str, Any]:
         i, ids, labels = self.items[k]
         sample = self.samples[i]
-        where = _where(sample, i, "dataset")
+        where = _where(sample, i, self.name)
         return {"input_ids": ids, "labels": labels,
                 "images": [load_image(ref, where) for ref in sample.get("images") or []]}
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        skips: list[dict] = []
+        for attempt in range(len(self.items)):
+            try:
+                item = self._load((k + attempt) % len(self.items))
+            except DataError as e:
+                if not self.skip_bad:
+                    raise
+                skips.append(_as_skip(e))
+                continue
+            item[SKIPPED_KEY] = skips
+            return item
+        raise DataError(f"{self.name}: no sample could be loaded ({len(skips)} failed); first: {skips[0]['message']}",
+                        reason="empty")
+
+
+def _as_skip(error: Any) -> dict:
+    if isinstance(error, dict):
+        return error
+    return {"reason": getattr(error, "reason", "bad-sample"), "where": getattr(error, "where", None),
+            "message": str(error)}
 
 
 class TrainCollator:
@@ -214,7 +276,10 @@ class TrainCollator:
             labels[r, :n] = torch.tensor(b["labels"])
             mask[r, :n] = 1
         images = [im for b in batch for im in b["images"]]
-        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         if images:
             out["pixel_values"] = self.preprocess(images)
+        skipped = [s for b in batch for s in b.get(SKIPPED_KEY, ())]
+        if skipped:
+            out[SKIPPED_KEY] = skipped
         return out

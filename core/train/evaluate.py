@@ -1,22 +1,36 @@
-"""Held-out evaluation: generate answers with the model, score them with the evaluators.
+"""Held-out evaluation: generate answers on every eval set, score them with every evaluator.
 
-Besides the evaluators' metrics this can report two checks that tell whether a VLM *looks*:
-``blank_image_accuracy`` (the same questions with every image replaced by a blank canvas) and the
-answer-prior baseline (always give the most common training answer for the question type).
+The core knows no metric: each evaluator returns a dict and declares its ``primary_metric``
+(the headline and the curve); evaluator-specific reference points (e.g. an answer-prior baseline)
+come from the evaluator's ``baselines``, and data-specific checks (e.g. blank images) are eval sets
+of their own. A bad eval row follows ``on_bad_sample`` like a training row: an error naming the
+row, or a counted skip.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from .data import SampleEncoder, load_image, spread_indices
+from vlmplug.errors import DataError, SkipReport
 
-__all__ = ["generate_records", "score_records", "prior_answers", "summarize"]
+from .data import SampleEncoder, load_image
+
+__all__ = ["EvalSet", "Evaluation", "generate_records", "flatten_metrics"]
+
+
+@dataclass
+class EvalSet:
+    """A labelled held-out dataset (``label`` is unique within the run)."""
+
+    label: str
+    samples: Sequence[dict[str, Any]]
 
 
 def _last_user(messages: list[dict[str, str]]) -> str:
@@ -24,12 +38,21 @@ def _last_user(messages: list[dict[str, str]]) -> str:
     return users[-1] if users else ""
 
 
+def _prompt(sample: dict[str, Any], index: int, evaluator: Any, encoder: SampleEncoder) -> tuple[list[int], list]:
+    where = str(sample.get("_where") or f"eval sample {index}")
+    refs = sample.get("images") or []
+    ids = encoder.encode_prompt(evaluator.prompt(sample), len(refs), where)
+    return ids, [load_image(ref, where) for ref in refs]
+
+
 @torch.no_grad()
 def generate_records(vlm: Any, samples: Sequence[dict[str, Any]], *, evaluator: Any, encoder: SampleEncoder,
                      tokenizer: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], batch_size: int,
-                     max_new_tokens: int, blank_images: bool = False, limit: int | None = None,
+                     max_new_tokens: int, limit: int | None = None, skips: SkipReport | None = None,
                      progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Greedy-decode an answer for each sample; return records with ``prediction`` and references."""
+    """Greedy-decode an answer for each sample; return ``{id, question, prediction, **references}``.
+
+    A bad sample raises its DataError, or is counted in ``skips`` when that is given."""
     was_training = vlm.training
     vlm.eval()
     n = len(samples) if limit is None else min(limit, len(samples))
@@ -38,66 +61,139 @@ def generate_records(vlm: Any, samples: Sequence[dict[str, Any]], *, evaluator: 
     device = vlm.device
     try:
         for lo in range(0, n, batch_size):
-            batch = [samples[i] for i in range(lo, min(n, lo + batch_size))]
-            prompts, images = [], []
-            for k, s in enumerate(batch):
-                where = str(s.get("_where") or f"eval sample {lo + k}")
-                msgs = evaluator.prompt(s)
-                refs = s.get("images") or []
-                prompts.append(encoder.encode_prompt(msgs, len(refs), where))
-                for ref in refs:
-                    img = load_image(ref, where)
-                    images.append(Image.new("RGB", img.size, (255, 255, 255)) if blank_images else img)
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, p in enumerate(prompts):  # left padding, so every prompt ends where generation starts
-                ids[r, width - len(p):] = torch.tensor(p)
-                mask[r, width - len(p):] = 1
-            pixel_values = preprocess(images).to(device) if images else None
-            out = vlm.generate(ids.to(device), mask.to(device), pixel_values, max_new_tokens=max_new_tokens,
-                               do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-            for s, text in zip(batch, texts):
-                rec = {"id": s.get("id"), "question": _last_user(s["messages"]),
-                       "prediction": evaluator.parse(text), evaluator.reference_key: evaluator.references(s)}
-                if "question_type" in s:
-                    rec["question_type"] = s["question_type"]
-                records.append(rec)
+            batch, prompts, images = [], [], []
+            for i in range(lo, min(n, lo + batch_size)):
+                sample = samples[i]
+                try:
+                    ids, imgs = _prompt(sample, i, evaluator, encoder)
+                except DataError as e:
+                    if skips is None:
+                        raise
+                    skips.add(e)
+                    continue
+                batch.append(sample)
+                prompts.append(ids)
+                images += imgs
+            if batch:
+                texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device)
+                for s, text in zip(batch, texts):
+                    records.append({"id": s.get("id"), "question": _last_user(s["messages"]),
+                                    "prediction": evaluator.parse(text), **evaluator.references(s)})
             if progress is not None:
-                progress(len(batch))
+                progress(min(n, lo + batch_size) - lo)
     finally:
         vlm.train(was_training)
     return records
 
 
-def score_records(evaluator: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
-    metrics, _ = evaluator.score(records)
-    return summarize(metrics)
+def _generate(vlm: Any, prompts: list[list[int]], images: list[Image.Image], tokenizer: Any,
+              preprocess: Callable[[list[Image.Image]], torch.Tensor], max_new_tokens: int, pad: int,
+              device: torch.device) -> list[str]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):  # left padding, so every prompt ends where generation starts
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    pixel_values = preprocess(images).to(device) if images else None
+    out = vlm.generate(ids.to(device), mask.to(device), pixel_values, max_new_tokens=max_new_tokens,
+                       do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def summarize(metrics: dict[str, float]) -> dict[str, Any]:
-    """Group ``accuracy_<type>`` keys under ``per_type``."""
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for tables)."""
     out: dict[str, Any] = {}
-    per_type = {}
     for k, v in metrics.items():
-        if k.startswith("accuracy_"):
-            per_type[k[len("accuracy_"):]] = v
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, f"{key}."))
         else:
-            out[k] = v
-    if per_type:
-        out["per_type"] = per_type
+            out[key] = v
     return out
 
 
-def prior_answers(train: Sequence[dict[str, Any]], evaluator: Any, max_samples: int = 5000) -> dict[str | None, str]:
-    """Most common reference answer per question type in (a strided subset of) the training data."""
-    counts: dict[str | None, Counter] = {}
-    for i in spread_indices(len(train), max_samples):
-        s = train[i]
-        refs = evaluator.references(s)
-        if not refs:
-            continue
-        ref = refs[0]["answer"] if isinstance(refs[0], dict) else refs[0]
-        counts.setdefault(s.get("question_type"), Counter())[str(ref)] += 1
-    return {k: c.most_common(1)[0][0] for k, c in counts.items()}
+class Evaluation:
+    """Every eval set x every evaluator, with progress bars, predictions files and skip counting."""
+
+    def __init__(self, *, vlm: Any, sets: list[EvalSet], evaluators: list[tuple[str, Any]], encoder: SampleEncoder,
+                 tokenizer: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], core: dict[str, Any],
+                 skip_bad: bool, console: Any, run_dir: Path, notify: Callable[..., None]):
+        self.vlm, self.sets, self.evaluators = vlm, sets, evaluators
+        self.gen = dict(encoder=encoder, tokenizer=tokenizer, preprocess=preprocess,
+                        batch_size=core["eval_batch_size"], max_new_tokens=core["eval_max_new_tokens"])
+        self.max_samples: int | None = core.get("eval_max_samples")
+        self.curve_samples = min(core["eval_curve_samples"], self.max_samples or core["eval_curve_samples"])
+        self.skips = SkipReport()
+        self.skip_bad = skip_bad
+        self.console, self.run_dir, self.notify = console, run_dir, notify
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sets and self.evaluators)
+
+    def _records(self, s: EvalSet, evaluator: Any, limit: int | None, progress: Callable[[int], None],
+                 skips: SkipReport | None) -> list[dict[str, Any]]:
+        return generate_records(self.vlm, s.samples, evaluator=evaluator, limit=limit, progress=progress,
+                                skips=skips, **self.gen)
+
+    def run(self, label: str) -> dict[str, dict[str, Any]]:
+        """Evaluate every set with every evaluator; write ``predictions_<label>.jsonl``."""
+        from rich.progress import Progress
+
+        results: dict[str, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
+        total = sum(min(len(s.samples), self.max_samples or len(s.samples)) for s in self.sets) * len(self.evaluators)
+        skips = self.skips if self.skip_bad else None
+        with Progress(console=self.console, transient=True) as progress:
+            task = progress.add_task(f"eval {label}", total=total)
+            for s in self.sets:
+                for name, ev in self.evaluators:
+                    records = self._records(s, ev, self.max_samples, lambda k: progress.advance(task, k), skips)
+                    results.setdefault(s.label, {})[name] = self._score(ev, records, f"{s.label} ({name})")
+                    rows += [{"eval_set": s.label, "evaluator": name, **r} for r in records]
+        with (self.run_dir / f"predictions_{label}.jsonl").open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=str) + "\n")
+        self.notify("on_eval_end", results={"label": label, **results})
+        return results
+
+    @staticmethod
+    def _score(evaluator: Any, records: list[dict[str, Any]], what: str) -> dict[str, Any]:
+        if not records:
+            raise DataError(f"eval set {what}: no sample could be evaluated (all skipped)", reason="empty")
+        return evaluator.score(records)[0]
+
+    def curve_point(self) -> tuple[int, dict[str, Any], str]:
+        """The first eval set on ``eval_curve_samples`` samples: (samples, {evaluator: metrics}, summary)."""
+        s = self.sets[0]
+        metrics = {}
+        for name, ev in self.evaluators:
+            records = self._records(s, ev, self.curve_samples, lambda k: None, SkipReport() if self.skip_bad else None)
+            metrics[name] = self._score(ev, records, f"{s.label} ({name})")
+        return min(self.curve_samples, len(s.samples)), metrics, self.summary(metrics)
+
+    def summary(self, per_evaluator: dict[str, Any]) -> str:
+        parts = []
+        for name, ev in self.evaluators:
+            value = per_evaluator.get(name, {}).get(ev.primary_metric)
+            parts.append(f"{name} {ev.primary_metric} {value:.3f}" if isinstance(value, float)
+                         else f"{name} {ev.primary_metric} {value}")
+        return ", ".join(parts)
+
+    def baselines(self, train: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each evaluator's model-free reference points on each eval set."""
+        out: dict[str, dict[str, Any]] = {}
+        for s in self.sets:
+            n = min(len(s.samples), self.max_samples or len(s.samples))
+            for name, ev in self.evaluators:
+                refs = [{"prediction": "", **ev.references(s.samples[i])} for i in range(n)]
+                found = ev.baselines(train, refs)
+                if found:
+                    out.setdefault(s.label, {})[name] = found
+        return out
+
+    def primary(self, results: dict[str, dict[str, Any]]) -> tuple[str, Any]:
+        """``("<set>/<evaluator>/<metric>", value)`` of the first set and evaluator."""
+        s, (name, ev) = self.sets[0], self.evaluators[0]
+        return f"{s.label}/{name}/{ev.primary_metric}", results.get(s.label, {}).get(name, {}).get(ev.primary_metric)

@@ -3,7 +3,10 @@
 ``model`` is any ``AutoModelForCausalLM`` hub id or local path (the same code path for
 ``meta-llama/Meta-Llama-3.1-8B`` and a temp dir), or the preset ``tiny-llama``: a small random-init
 Llama built from a config, with a byte-level BPE tokenizer trained offline on the run's own texts
-(so nothing is downloaded). The image placeholder is added to every tokenizer as a special token.
+(so nothing is downloaded). The image placeholder is added to every tokenizer as a special token,
+but the LLM's embedding matrix is never resized for it: its positions are overwritten by vision
+tokens, so a saved adapter carries no embedding matrix it does not train and loads onto the
+unchanged base model with plain peft.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from vlmplug.errors import ConfigError
 
-__all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokenizer", "load_llm"]
+__all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokenizer", "load_llm", "vocab_needed"]
 
 PRESETS = {
     "tiny-llama": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -74,9 +77,18 @@ def load_tokenizer(name: str, image_token: str, hub_kwargs: dict[str, Any], chat
     return tok
 
 
+def vocab_needed(tokenizer: Any, image_token: str | None = None) -> int:
+    """Embedding rows the LLM needs: every token id except a trailing image token (whose positions
+    the fusion overwrites, so it needs no row of its own)."""
+    n = len(tokenizer)
+    image_id = tokenizer.convert_tokens_to_ids(image_token) if image_token else None
+    return n - 1 if image_id == n - 1 else n
+
+
 def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any], load_kwargs: dict[str, Any],
-             hub_kwargs: dict[str, Any], attn_implementation: str) -> tuple[Any, bool]:
-    """Return ``(model, from_preset)``; embeddings are resized to the tokenizer when it grew."""
+             hub_kwargs: dict[str, Any], attn_implementation: str, image_token: str | None = None) -> tuple[Any, bool]:
+    """Return ``(model, from_preset)``; embeddings grow only when the tokenizer has new tokens other
+    than the image token (see :func:`vocab_needed`)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
@@ -96,8 +108,9 @@ def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any
     _check_overrides(overrides, llm.config, model)
     for key, value in overrides.items():
         setattr(llm.config, key, value)
-    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
-        llm.resize_token_embeddings(len(tokenizer))
+    needed = vocab_needed(tokenizer, image_token)
+    if needed > llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(needed)
     if llm.generation_config.pad_token_id is None:
         llm.generation_config.pad_token_id = tokenizer.pad_token_id
     return llm, False

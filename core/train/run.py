@@ -1,8 +1,13 @@
-"""One training run, end to end (DESIGN.md §4).
+"""One training run, end to end (DESIGN.md §4), as named stages.
 
-recipe -> components -> tokenizer + image processor -> encoder, LLM, connector, fusion -> PEFT ->
-stack patches -> datasets (format -> canonical -> tokens) -> eval before -> Trainer -> atomic save ->
-eval after -> metrics.json, resolved_recipe.yaml, train.log and a summary table.
+session (run directory, resume point, log) -> light components and TrainingArguments (every
+argument and hardware problem surfaces before any model loads) -> datasets -> tokenizer -> model
+(encoder, LLM, connector, fusion, PEFT, stack patches) -> encoded training data -> evaluation before
+-> Trainer -> atomic save -> evaluation after -> metrics.json, resolved_recipe.yaml, train.log.
+
+The core calls components only through their family contracts (:mod:`vlmplug.contracts`). Under
+``accelerate launch`` every process runs this; the main process alone writes outputs and evaluates,
+and tokenises once for everyone.
 """
 
 from __future__ import annotations
@@ -10,42 +15,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from vlmplug.errors import ConfigError, PluginError, VlmplugError, did_you_mean
-from vlmplug.recipe import ResolvedRecipe, Selection
+from vlmplug.errors import ConfigError, SkipReport, did_you_mean
+from vlmplug.recipe import ResolvedRecipe
 
-from .data import EncodedDataset, SampleEncoder, TrainCollator, spread_indices
-from .evaluate import generate_records, prior_answers, score_records
+from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_load_kwargs
+from .data import EncodedDataset, SampleEncoder, TrainCollator, sample_texts
+from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
-from .llm import PRESETS, build_tiny_tokenizer, load_llm, load_tokenizer
+from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
+from .session import Session, open_session
 
-__all__ = ["BuildContext", "RunResult", "run", "pick_run_dir"]
+__all__ = ["BuildContext", "RunResult", "run", "build_component"]
 
 log = logging.getLogger("vlmplug")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-@dataclass
-class BuildContext:
-    """What component factories receive besides their own config."""
-
-    recipe: ResolvedRecipe
-    torch_dtype: Any
-    hub_kwargs: dict[str, Any]
-    on_bad_sample: str
-    hardware: Hardware
-    notes: list[str] = field(default_factory=list)
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-        log.info(message)
+CACHE = ".cache"
 
 
 @dataclass
@@ -56,47 +47,124 @@ class RunResult:
     tokenizer: Any = None
 
 
-def build_component(sel: Selection, ctx: BuildContext, **kwargs: Any) -> Any:
-    """Call a selected component's factory; errors name the plugin and the component."""
-    factory = sel.spec.load_factory()
+@dataclass
+class Parts:
+    """The light components, built before any model loads."""
+
+    peft: Any
+    fusion: Any
+    stack: list[Any]
+    evaluators: list[tuple[str, Any]]
+    train_args: Any
+
+
+@dataclass
+class Data:
+    train: Any
+    eval_sets: list[EvalSet]
+
+
+@dataclass
+class Training:
+    """What the training stage needs and produces."""
+
+    dataset: EncodedDataset
+    collator: Any
+    encoder: SampleEncoder
+    skips: SkipReport = field(default_factory=SkipReport)
+
+
+def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, console: Any = None,
+        argv: list[str] | None = None) -> RunResult:
+    """Train ``recipe``; return the run directory, the metrics and the trained model."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    if recipe.core.get("num_threads"):
+        torch.set_num_threads(int(recipe.core["num_threads"]))
+    session = open_session(recipe, output_dir, console, argv)
     try:
-        return factory(sel.config(), ctx, **kwargs)
-    except VlmplugError:
+        return _run(recipe, host, session)
+    finally:
+        session.close()
+
+
+def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
+    t_start = time.perf_counter()
+    ctx = _context(recipe)
+    _announce(recipe, host, s, ctx)
+    parts = _build_parts(recipe, ctx, s)
+    data = _load_data(recipe, ctx)
+    tokenizer = _tokenizer(recipe, data, ctx, s)
+    vlm = _build_model(recipe, parts, tokenizer, ctx, s, host)
+    training = _training_data(recipe, vlm, tokenizer, parts, data, s)
+    evaluation = _evaluation(recipe, vlm, tokenizer, parts, data, training, s, host)
+    metrics: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(s.run_dir), "train_samples": len(training.dataset)}
+    status = "failed"
+    try:
+        _evaluate_before(recipe, evaluation, data, metrics, s)
+        _train(recipe, parts, vlm, training, evaluation, s, host, metrics)
+        _save_model(vlm, s, host)
+        if evaluation.enabled and s.is_main:
+            metrics["after"] = evaluation.run("after")
+            _finish_curve(metrics, evaluation)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        _say_how_to_resume(recipe, s)
         raise
-    except Exception as exc:
-        raise PluginError(f"{sel.spec.plugin} ({sel.spec.provider})",
-                          f"building {sel.spec.family} '{sel.name}'", exc) from exc
+    finally:
+        _write_outputs(recipe, metrics, evaluation, training, s, ctx, status, t_start)
+    host.notify("on_run_end", run_dir=str(s.run_dir), metrics=metrics)
+    return RunResult(run_dir=s.run_dir, metrics=metrics, model=vlm, tokenizer=tokenizer)
 
 
-def pick_run_dir(recipe: ResolvedRecipe, output_dir: str | None) -> Path:
-    explicit = output_dir or recipe.core.get("output_dir")
-    resume = recipe.core.get("resume_from_checkpoint")
-    if explicit:
-        path = Path(explicit)
-        if path.exists() and any(path.iterdir()) and not recipe.core["overwrite_output_dir"] and not resume:
-            raise ConfigError(f"output_dir {path} is not empty; choose another, or set overwrite_output_dir: true",
-                              header="output directory")
-        return path
-    base = Path("runs") / recipe.name
-    path, n = base, 1
-    while path.exists() and any(path.iterdir()) and not resume:
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+# -- stages ----------------------------------------------------------------------------------------
+
+def _context(recipe: ResolvedRecipe) -> BuildContext:
+    core = recipe.core
+    return BuildContext(recipe=recipe, torch_dtype=DTYPES[core["dtype"]],
+                        hub_kwargs={"trust_remote_code": bool(core["trust_remote_code"])},
+                        on_bad_sample=core["on_bad_sample"], hardware=Hardware.probe())
 
 
-def _texts(samples: Any, limit: int = 5000) -> list[str]:
-    return [m["content"] for i in spread_indices(len(samples), limit) for m in samples[i]["messages"]]
+def _announce(recipe: ResolvedRecipe, host: Any, s: Session, ctx: BuildContext) -> None:
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    set_seed(int(recipe.training.get("seed", 42)))
+    recipe.core["output_dir"] = str(s.run_dir)
+    recipe.runtime.update(world_size=s.world_size, resumed_from=str(s.resume) if s.resume else None)
+    if s.is_main:
+        (s.run_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    host.notify("on_run_start", recipe=recipe, run_dir=str(s.run_dir))
+    procs = f", {s.world_size} processes" if s.world_size > 1 else ""
+    s.say(f"[bold]vlmplug[/] run [cyan]{recipe.name}[/] -> {s.run_dir}  ({ctx.hardware.device_name}{procs})")
+    if s.resume:
+        s.say(f"  resuming from {s.resume}")
+    for note in recipe.notes:
+        s.say(f"  note: {note}")
 
 
-def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, stack: list[Any],
-                   ctx: BuildContext) -> Any:
+def _build_parts(recipe: ResolvedRecipe, ctx: BuildContext, s: Session) -> Parts:
+    """The light components and TrainingArguments: hardware / argument problems surface here."""
+    single = recipe.single
+    peft = build_component(single["peft"], ctx)
+    fusion = build_component(single["fusion"], ctx)
+    stack = [build_component(sel, ctx) for sel in recipe.optimizer_stack]
+    evaluators = [(sel.name, build_component(sel, ctx)) for sel in recipe.evaluators]
+    return Parts(peft, fusion, stack, evaluators, _training_args(recipe, s, ctx, stack))
+
+
+def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack: list[Any]) -> Any:
     from transformers import TrainingArguments
 
     args: dict[str, Any] = {
-        "output_dir": str(run_dir / "checkpoints"), "report_to": "none", "disable_tqdm": True,
-        "remove_unused_columns": False, "save_strategy": "no", "logging_steps": 10, "use_cpu": not hardware.cuda,
+        "output_dir": str(s.run_dir / "checkpoints"), "report_to": "none", "disable_tqdm": True,
+        "remove_unused_columns": False, "save_strategy": "no", "logging_steps": 10, "use_cpu": not ctx.hardware.cuda,
         "dataloader_num_workers": 0, "per_device_train_batch_size": 8, "learning_rate": 2e-4,
+        "log_level": "warning",
     }
     args.update(recipe.training)
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -106,234 +174,274 @@ def _training_args(recipe: ResolvedRecipe, run_dir: Path, hardware: Hardware, st
                           header="training arguments are invalid")
     args.update(recipe.training_args)
     for comp in stack:
-        if hasattr(comp, "update_training_args"):
-            args = comp.update_training_args(args, hardware, ctx.note)
-    args = {k: v for k, v in args.items() if v is not None}
+        args = comp.update_training_args(args, ctx.hardware, ctx.note)
     try:
-        return TrainingArguments(**args)
+        built = TrainingArguments(**{k: v for k, v in args.items() if v is not None})
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training arguments: {e}", header="training arguments are invalid") from e
+    recipe.runtime["training_args_full"] = {k: v for k, v in built.to_dict().items() if not k.startswith("_")}
+    return built
 
 
-def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, console: Any = None) -> RunResult:
-    from rich.console import Console
+def _load_data(recipe: ResolvedRecipe, ctx: BuildContext) -> Data:
+    train_sets = [build_component(sel, ctx) for sel in recipe.datasets]
+    eval_sets = [EvalSet(str(sel.label or sel.name), build_component(sel, ctx)) for sel in recipe.eval_datasets]
+    return Data(train=_concat(train_sets), eval_sets=eval_sets)
 
-    console = console or Console(stderr=True)
-    t_start = time.perf_counter()
+
+def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session) -> Any:
+    """The LLM's tokenizer (with the image token), or for a preset LLM a small BPE trained on the
+    run's own texts -- trained once, by the main process, and shared through the run directory."""
     core = recipe.core
-    if core.get("num_threads"):
-        torch.set_num_threads(int(core["num_threads"]))
-    hardware = Hardware.probe()
-    run_dir = pick_run_dir(recipe, output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "train.log"
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    ctx = BuildContext(recipe=recipe, torch_dtype=DTYPES[core["dtype"]],
-                       hub_kwargs={"trust_remote_code": bool(core["trust_remote_code"])},
-                       on_bad_sample=core["on_bad_sample"], hardware=hardware)
-    try:
-        return _run(recipe, host, run_dir, log_path, console, ctx, hardware, t_start)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    if core.get("tokenizer") is not None or core["model"] not in PRESETS:
+        return load_tokenizer(core.get("tokenizer") or core["model"], core["image_token"], ctx.hub_kwargs,
+                              core.get("chat_template"))
+    cache = s.run_dir / CACHE / "tokenizer"
+    with s.main_first():
+        if s.is_main:
+            tokenizer = build_tiny_tokenizer(sample_texts(data.train), core["image_token"])
+            if s.world_size > 1:
+                tokenizer.save_pretrained(cache)
+        else:
+            from transformers import AutoTokenizer
 
-
-def _say(console: Any, ctx: BuildContext, message: str) -> None:
-    from rich.text import Text
-
-    console.print(message, highlight=False)
-    log.info(Text.from_markup(message).plain)
-
-
-def _run(recipe: ResolvedRecipe, host: Any, run_dir: Path, log_path: Path, console: Any, ctx: BuildContext,
-         hardware: Hardware, t_start: float) -> RunResult:
-    from rich.progress import Progress
-    from transformers import set_seed
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    core = recipe.core
-    seed = int(recipe.training.get("seed", 42))
-    set_seed(seed)
-    (run_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml())
-    host.notify("on_run_start", recipe=recipe, run_dir=str(run_dir))
-    _say(console, ctx, f"[bold]vlmplug[/] run [cyan]{recipe.name}[/] -> {run_dir}  ({hardware.device_name})")
-    for note in recipe.notes:
-        _say(console, ctx, f"  note: {note}")
-
-    # light component objects first: hardware / argument problems surface before any model loads
-    single = recipe.single
-    peft = build_component(single["peft"], ctx)
-    fusion = build_component(single["fusion"], ctx)
-    stack = [build_component(s, ctx) for s in recipe.optimizer_stack]
-    evaluators = [(s.name, build_component(s, ctx)) for s in recipe.evaluators]
-    train_args = _training_args(recipe, run_dir, hardware, stack, ctx)
-
-    # data
-    train_sets = [build_component(s, ctx) for s in recipe.datasets]
-    eval_sets = [build_component(s, ctx) for s in recipe.eval_datasets]
-    train_samples = _concat(train_sets)
-    eval_samples = _concat(eval_sets) if eval_sets else None
-
-    # tokenizer, vision tower, connector, LLM, fusion
-    model_name = core["model"]
-    image_token = core["image_token"]
-    if core.get("tokenizer") is None and model_name in PRESETS:
-        tokenizer = build_tiny_tokenizer(_texts(train_samples), image_token)
-        ctx.note(f"tokenizer: BPE with {len(tokenizer)} tokens trained on the run's texts ({model_name})")
-    else:
-        tokenizer = load_tokenizer(core.get("tokenizer") or model_name, image_token, ctx.hub_kwargs,
-                                   core.get("chat_template"))
-    if core.get("chat_template") and model_name in PRESETS:
+            tokenizer = AutoTokenizer.from_pretrained(cache)
+    if core.get("chat_template"):
         tokenizer.chat_template = core["chat_template"]
-    encoder_tower = build_component(single["vision_encoder"], ctx)
-    load_kwargs: dict[str, Any] = {}
-    for comp in [peft, *stack]:
-        if hasattr(comp, "model_load_kwargs"):
-            load_kwargs.update(comp.model_load_kwargs())
-    llm, from_preset = load_llm(model_name, tokenizer, dtype=ctx.torch_dtype if model_name not in PRESETS
-                                else (torch.float32 if ctx.torch_dtype == "auto" else ctx.torch_dtype),
-                                overrides=dict(core.get("model_config") or {}), load_kwargs=load_kwargs,
-                                hub_kwargs=ctx.hub_kwargs, attn_implementation=core["attn_implementation"])
-    hidden = llm.get_input_embeddings().weight.shape[1]
-    connector = build_component(single["connector"], ctx, in_dim=encoder_tower.hidden_size, out_dim=hidden,
-                                num_input_tokens=encoder_tower.num_patches)
-    connector.to(next(llm.parameters()).dtype)
-    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-    vlm = fusion.build(llm=llm, vision_encoder=encoder_tower, connector=connector, image_token_id=image_token_id)
-    vlm.manifest = {"components": recipe.components(), "llm_preset": model_name if from_preset else None,
-                    "model": model_name}
-    vlm = peft.apply(vlm)
-    for comp in stack:
-        if hasattr(comp, "patch_model"):
-            vlm = comp.patch_model(vlm)
+    ctx.note(f"tokenizer: BPE with {len(tokenizer)} tokens trained on the run's texts ({core['model']})")
+    return tokenizer
+
+
+def _build_model(recipe: ResolvedRecipe, parts: Parts, tokenizer: Any, ctx: BuildContext, s: Session,
+                 host: Any) -> Any:
+    vlm = assemble_model(single=recipe.single, fusion=parts.fusion, tokenizer=tokenizer, core=recipe.core, ctx=ctx,
+                         load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]))
+    vlm = parts.peft.apply(vlm)
+    for comp in parts.stack:
+        vlm = comp.patch_model(vlm)
     trainable, total = vlm.trainable_parameters()
-    _say(console, ctx, f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
-                       f"({100 * trainable / max(total, 1):.1f}%), {fusion.placeholder_tokens(connector)} tokens/image")
+    s.say(f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
+          f"({100 * trainable / max(total, 1):.1f}%), {vlm.tokens_per_image} tokens/image")
     host.notify("on_model_built", model=vlm, recipe=recipe)
+    return vlm
 
-    encoder = SampleEncoder(tokenizer, image_token, fusion.placeholder_tokens(connector), core["max_seq_length"])
+
+def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:
+    """Check and tokenise the training set once (main process; the others read its result)."""
+    from rich.progress import Progress
+
+    core = recipe.core
+    encoder = SampleEncoder(tokenizer, core["image_token"], vlm.tokens_per_image, core["max_seq_length"])
     skip = core["on_bad_sample"] == "skip"
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("tokenizing", total=len(train_samples))
-        train_data = EncodedDataset(train_samples, encoder, "datasets", skip,
-                                    progress=lambda k: progress.advance(task, k))
-    if train_data.skipped:
-        _say(console, ctx, f"  [yellow]skipped {len(train_data.skipped)} bad training sample(s)[/] "
-                           f"(on_bad_sample: skip); first: {train_data.skipped[0]}")
-    collator = TrainCollator(tokenizer.pad_token_id, encoder_tower.preprocess)
-    for comp in stack:
-        if hasattr(comp, "wrap_collator"):
-            collator = comp.wrap_collator(collator)
+    cache = s.run_dir / CACHE / "train_encoded.json"
+    with s.main_first():
+        if s.is_main:
+            with Progress(console=s.console, transient=True) as progress:
+                task = progress.add_task("tokenizing", total=len(data.train))
+                dataset = EncodedDataset(data.train, encoder, "datasets", skip,
+                                         progress=lambda k: progress.advance(task, k))
+            if s.world_size > 1:
+                cache.write_text(json.dumps({"items": dataset.items, "skipped": dataset.skipped}))
+        else:
+            cached = json.loads(cache.read_text())
+            dataset = EncodedDataset(data.train, None, "datasets", skip, items=[tuple(i) for i in cached["items"]],
+                                     skipped=cached["skipped"])
+    training = Training(dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder)
+    for comp in parts.stack:
+        training.collator = comp.wrap_collator(training.collator)
+    training.skips.extend(dataset.skipped)
+    if dataset.skipped:
+        s.say(f"  [yellow]skipped {len(dataset.skipped)} bad training sample(s)[/] (on_bad_sample: skip); "
+              f"reasons in metrics.json")
+    return training
 
-    metrics: dict[str, Any] = {"recipe": recipe.name, "train_samples": len(train_data),
-                               "skipped_samples": len(train_data.skipped)}
-    do_eval = eval_samples is not None and evaluators
-    if not do_eval:
-        ctx.note("no eval_datasets or evaluators: skipping held-out evaluation")
 
-    def evaluate(label: str, limit: int | None = None, blank: bool | None = None, save: bool = True) -> dict[str, Any]:
-        name, ev = evaluators[0]
-        limit = core.get("eval_max_samples") if limit is None else limit
-        n = len(eval_samples) if limit is None else min(limit, len(eval_samples))
-        kw = dict(evaluator=ev, encoder=encoder, tokenizer=tokenizer, preprocess=encoder_tower.preprocess,
-                  batch_size=core["eval_batch_size"], max_new_tokens=core["eval_max_new_tokens"], limit=limit)
-        blank = core["eval_blank_images"] if blank is None else blank
-        passes = 2 if blank else 1
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"eval {label}", total=n * passes)
-            records = generate_records(vlm, eval_samples, progress=lambda k: progress.advance(task, k), **kw)
-            result = score_records(ev, records)
-            if blank:
-                blank = generate_records(vlm, eval_samples, blank_images=True,
-                                         progress=lambda k: progress.advance(task, k), **kw)
-                result["blank_image_accuracy"] = score_records(ev, blank)["accuracy"]
-        others = {}
-        for other_name, other in evaluators[1:]:
-            others[other_name] = score_records(other, records)
-        if others:
-            result["evaluators"] = {name: {k: v for k, v in result.items()}, **others}
-        if save:
-            with (run_dir / f"predictions_{label}.jsonl").open("w", encoding="utf-8") as fh:
-                for rec in records:
-                    fh.write(json.dumps(rec) + "\n")
-        host.notify("on_eval_end", results={"label": label, **result})
-        return result
+def _evaluation(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, training: Training,
+                s: Session, host: Any) -> Evaluation:
+    evaluation = Evaluation(vlm=vlm, sets=data.eval_sets, evaluators=parts.evaluators, encoder=training.encoder,
+                            tokenizer=tokenizer, preprocess=vlm.vision_encoder.preprocess, core=recipe.core,
+                            skip_bad=recipe.core["on_bad_sample"] == "skip", console=s.console, run_dir=s.run_dir,
+                            notify=host.notify)
+    if not evaluation.enabled:
+        s.say("  note: no eval_datasets or evaluators: skipping held-out evaluation")
+    return evaluation
 
-    if do_eval:
-        name, ev = evaluators[0]
-        prior = prior_answers(train_samples, ev)
-        prior_records = [{"prediction": prior.get(s.get("question_type"), next(iter(prior.values()))),
-                          ev.reference_key: ev.references(s),
-                          **({"question_type": s["question_type"]} if "question_type" in s else {})}
-                         for s in (eval_samples[i] for i in range(min(len(eval_samples),
-                                                                       core.get("eval_max_samples") or 10**9)))]
-        metrics["prior_accuracy"] = score_records(ev, prior_records)["accuracy"]
-        if core["eval_before_training"]:
-            metrics["before"] = evaluate("before")
 
-    # train
+def _evaluate_before(recipe: ResolvedRecipe, evaluation: Evaluation, data: Data, metrics: dict[str, Any],
+                     s: Session) -> None:
+    if evaluation.enabled and s.is_main:
+        metrics["baselines"] = evaluation.baselines(data.train)
+        if recipe.core["eval_before_training"]:
+            metrics["before"] = evaluation.run("before")
+    s.wait()
+
+
+def _train(recipe: ResolvedRecipe, parts: Parts, vlm: Any, training: Training, evaluation: Evaluation, s: Session,
+           host: Any, metrics: dict[str, Any]) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, VLMTrainer, save_atomically
+    from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, TrainClock, VLMTrainer
 
-    samples_per_step = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps
-    callbacks = [LifecycleCallback(host, log_path), RichProgressCallback(console, samples_per_step)]
+    args = parts.train_args
+    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * s.world_size
+    clock = TrainClock(samples_per_step, _checkpoint_state(s.resume).get("train_seconds", 0.0))
+    if s.resume is not None and _finished(s.resume, args, len(training.dataset), s.world_size, vlm, s):
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(str(s.resume / "trainer_state.json"))
+        clock.start_step = state.global_step
+        metrics["train"] = _train_metrics(state, clock, samples_per_step)
+        return
+    progress = RichProgressCallback(s.console, clock)
+    callbacks: list[Any] = [clock, LifecycleCallback(host, clock, s.is_main), progress]
     curve = None
-    if do_eval and core.get("eval_every_steps"):
-        curve = CurveCallback(core["eval_every_steps"], lambda: evaluate(
-            "curve", limit=core["eval_curve_samples"], blank=False, save=False), console)
+    if evaluation.enabled and s.is_main and recipe.core.get("eval_every_steps"):
+        curve = CurveCallback(recipe.core["eval_every_steps"], evaluation.curve_point, clock, s.say)
         callbacks.append(curve)
-    builders = [(sel.name, comp) for sel, comp in zip(recipe.optimizer_stack, stack) if hasattr(comp, "create_optimizer")]
-    if len(builders) > 1:
-        raise ConfigError(f"optimizer stack: {', '.join(n for n, _ in builders)} each build the optimizer; keep one",
-                          header="optimizer stack")
-    optimizer = builders[0][1].create_optimizer(vlm, train_args) if builders else None
-    trainer = VLMTrainer(model=vlm, args=train_args, train_dataset=train_data, data_collator=collator,
-                         callbacks=callbacks, optimizers=(optimizer, None))
+    trainer = VLMTrainer(model=vlm, args=args, train_dataset=training.dataset, data_collator=training.collator,
+                         callbacks=callbacks, optimizers=(_optimizer(recipe, parts, vlm, args), None), clock=clock,
+                         on_skipped=training.skips.extend)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    resume = core.get("resume_from_checkpoint")
-    t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
-    train_time = time.perf_counter() - t0
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    metrics["train"] = {
-        "steps": trainer.state.global_step, "wall_time_s": round(train_time, 2),
-        "samples_per_s": round(trainer.state.global_step * samples_per_step / max(train_time, 1e-9), 2),
-        "first_loss": history[0]["loss"] if history else None,
-        "final_loss": history[-1]["loss"] if history else None,
-        "train_loss": out.training_loss,
-    }
+    try:
+        trainer.train(resume_from_checkpoint=str(s.resume) if s.resume else None)
+    finally:
+        progress.stop()
+    metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
     if curve is not None:
-        metrics["train"]["eval_seconds_during_training"] = round(curve.eval_time, 1)
+        metrics["train"]["eval_seconds_during_training"] = round(curve.eval_seconds, 1)
         metrics["curve"] = curve.points
 
-    # save (atomic), then evaluate the trained model
-    def write(tmp: Path) -> None:
-        vlm.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        encoder_tower.image_processor.save_pretrained(tmp / "processor")
 
-    model_dir = save_atomically(run_dir / "model", write)
-    host.notify("on_checkpoint_saved", path=str(model_dir))
-    if do_eval:
-        metrics["after"] = evaluate("after")
+def _optimizer(recipe: ResolvedRecipe, parts: Parts, vlm: Any, args: Any) -> Any:
+    """The optimizer one stack component builds (``None``: the Trainer's own); two is an error."""
+    built = [(sel.name, comp.create_optimizer(vlm, args)) for sel, comp in zip(recipe.optimizer_stack, parts.stack)]
+    built = [(name, opt) for name, opt in built if opt is not None]
+    if len(built) > 1:
+        raise ConfigError(f"optimizer stack: {', '.join(n for n, _ in built)} each build the optimizer; keep one",
+                          header="optimizer stack")
+    return built[0][1] if built else None
+
+
+def _checkpoint_state(checkpoint: Path | None) -> dict[str, Any]:
+    from .trainer import CHECKPOINT_STATE
+
+    if checkpoint is None:
+        return {}
+    try:
+        return json.loads((checkpoint / CHECKPOINT_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def planned_steps(args: Any, n_samples: int, world_size: int) -> int:
+    """The optimizer steps a run makes, as transformers' Trainer counts them."""
+    if args.max_steps > 0:
+        return int(args.max_steps)
+    per_step = args.per_device_train_batch_size * world_size
+    batches = n_samples // per_step if args.dataloader_drop_last else math.ceil(n_samples / per_step)
+    per_epoch = batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0)
+    return math.ceil(args.num_train_epochs * per_epoch)
+
+
+def _finished(checkpoint: Path, args: Any, n_samples: int, world_size: int, vlm: Any, s: Session) -> bool:
+    """Whether ``checkpoint`` already reached the planned steps; if so its weights are loaded, so that
+    resuming a finished run changes nothing (the Trainer would take one more step)."""
+    from safetensors.torch import load_file
+
+    done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    planned = planned_steps(args, n_samples, world_size)
+    if done < planned:
+        return False
+    vlm.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+    s.say(f"  {checkpoint} is at step {done} of {planned}: nothing left to train")
+    return True
+
+
+def _train_metrics(state: Any, clock: Any, samples_per_step: int) -> dict[str, Any]:
+    """Whole-run figures, also after a resume (the log history is restored from the checkpoint)."""
+    history = [h for h in state.log_history if "loss" in h and "step" in h]
+    weighted, prev = 0.0, 0
+    for h in history:  # each logged loss is the mean since the previous log
+        weighted += h["loss"] * (h["step"] - prev)
+        prev = h["step"]
+    steps = state.global_step
+    return {"steps": steps, "wall_time_s": round(clock.seconds, 2), "samples": steps * samples_per_step,
+            "samples_per_s": round(steps * samples_per_step / max(clock.seconds, 1e-9), 2),
+            "first_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "train_loss": weighted / prev if prev else None}
+
+
+def _save_model(vlm: Any, s: Session, host: Any) -> None:
+    from .trainer import save_atomically
+
+    if s.is_main:
+        model_dir = save_atomically(s.run_dir / "model", vlm.save_pretrained)
+        host.notify("on_checkpoint_saved", path=str(model_dir))
+    s.wait()
+
+
+def _finish_curve(metrics: dict[str, Any], evaluation: Evaluation) -> None:
+    """The curve's last point is the final evaluation itself (first eval set), so they agree."""
+    if "curve" not in metrics:
+        return
+    first = evaluation.sets[0].label
+    after = metrics["after"][first]
+    n = min(len(evaluation.sets[0].samples), evaluation.max_samples or len(evaluation.sets[0].samples))
+    train = metrics["train"]
+    metrics["curve"].append({"step": train["steps"], "train_seconds": train["wall_time_s"], "samples": n,
+                             "metrics": after})
+
+
+def _say_how_to_resume(recipe: ResolvedRecipe, s: Session) -> None:
+    from .trainer import complete_checkpoints
+
+    found = complete_checkpoints(s.run_dir / "checkpoints")
+    source = recipe.source if not recipe.source.startswith("<") else "RECIPE"
+    if found:
+        s.say(f"[yellow]interrupted[/]: last checkpoint {found[-1]}\nresume with:  vlmplug train "
+              f"{source.removeprefix('vlmplug:')} --output-dir {s.run_dir} --set resume_from_checkpoint=last "
+              f"(plus the --plugins / --set options you used)")
+    else:
+        s.say("[yellow]interrupted[/]: no checkpoint was saved (save_strategy: steps with save_steps: N keeps them); "
+              "the run has to start again")
+
+
+def _write_outputs(recipe: ResolvedRecipe, metrics: dict[str, Any], evaluation: Evaluation, training: Training,
+                   s: Session, ctx: BuildContext, status: str, t_start: float) -> None:
+    """metrics.json, resolved_recipe.yaml and run.json -- also when the run failed part-way."""
+    skips = _gather_skips(training.skips, s)
+    if not s.is_main:
+        return
+    metrics["status"] = status
+    metrics["skipped"] = {"train": skips.to_dict(), "eval": evaluation.skips.to_dict()}
+    if "after" in metrics:
+        name, value = evaluation.primary(metrics["after"])
+        before = evaluation.primary(metrics["before"])[1] if "before" in metrics else None
+        metrics["primary"] = {"metric": name, "before": before, "after": value}
     metrics["wall_time_s"] = round(time.perf_counter() - t_start, 2)
     recipe.notes.extend(n for n in ctx.notes if n not in recipe.notes)
-    resolved = recipe.to_dict()
-    resolved["training_args_full"] = {k: v for k, v in train_args.to_dict().items() if not k.startswith("_")}
-    (run_dir / "resolved_recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(resolved, default=str)),
-                                                                 sort_keys=False))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _summary(console, metrics)
-    _say(console, ctx, f"saved to {run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
-                       f"in {metrics['wall_time_s']:.0f}s")
-    host.notify("on_run_end", run_dir=str(run_dir), metrics=metrics)
-    return RunResult(run_dir=run_dir, metrics=metrics, model=vlm, tokenizer=tokenizer)
+    (s.run_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    (s.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    s.mark(status)
+    if status == "finished":
+        _summary(s, metrics, evaluation)
+        for line in skips.lines() + evaluation.skips.lines():
+            s.say(f"  [yellow]skipped[/] {line}")
+        s.say(f"saved to {s.run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
+              f"in {metrics['wall_time_s']:.0f}s")
+
+
+def _gather_skips(local: SkipReport, s: Session) -> SkipReport:
+    """The skip reports of every process, merged on the main process."""
+    if s.world_size == 1:
+        return local
+    from accelerate.utils import gather_object
+
+    merged = SkipReport()
+    merged.extend(gather_object(local.items))
+    return merged
 
 
 def _concat(sets: list[Any]) -> Any:
@@ -345,7 +453,7 @@ def _concat(sets: list[Any]) -> Any:
 class _Concat:
     def __init__(self, sets: list[Any]):
         self.sets = sets
-        self.skipped = [s for d in sets for s in getattr(d, "skipped", [])]
+        self.skipped = [s for d in sets for s in d.skipped]
         self.offsets = []
         total = 0
         for d in sets:
@@ -363,28 +471,32 @@ class _Concat:
         raise IndexError(i)
 
 
-def _summary(console: Any, metrics: dict[str, Any]) -> None:
+def _summary(s: Session, metrics: dict[str, Any], evaluation: Evaluation) -> None:
+    """One table: every scalar metric of every eval set and evaluator, before and after, and baselines."""
     from rich.table import Table
 
     if "after" not in metrics:
         return
-    before, after = metrics.get("before", {}), metrics["after"]
     table = Table(title="held-out evaluation")
-    table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
+    for col, justify in (("eval set / evaluator / metric", "left"), ("before", "right"), ("after", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    before = metrics.get("before", {})
+    for label, per_ev in metrics["after"].items():
+        for name, after in per_ev.items():
+            flat_after = flatten_metrics(after)
+            flat_before = flatten_metrics(before.get(label, {}).get(name, {}))
+            for key, value in flat_after.items():
+                table.add_row(f"{label} / {name} / {key}", _fmt(flat_before.get(key)), _fmt(value))
+            for base, values in metrics.get("baselines", {}).get(label, {}).get(name, {}).items():
+                primary = next(ev.primary_metric for n, ev in evaluation.evaluators if n == name)
+                value = values.get(primary)
+                table.add_row(f"{label} / {name} / {primary} ({base} baseline)", _fmt(value), _fmt(value))
+    s.console.print(table)
 
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{100 * v:.1f}%" if isinstance(v, float) else str(v)
 
-    table.add_row("accuracy", fmt(before.get("accuracy")), fmt(after.get("accuracy")))
-    for t in after.get("per_type", {}):
-        table.add_row(f"  {t}", fmt(before.get("per_type", {}).get(t)), fmt(after["per_type"][t]))
-    if "yes_ratio" in after:
-        table.add_row("yes ratio (yes/no questions)", fmt(before.get("yes_ratio")), fmt(after["yes_ratio"]))
-    if "blank_image_accuracy" in after:
-        table.add_row("accuracy with blank images", fmt(before.get("blank_image_accuracy")),
-                      fmt(after["blank_image_accuracy"]))
-    if "prior_accuracy" in metrics:
-        table.add_row("answer-prior baseline", fmt(metrics["prior_accuracy"]), fmt(metrics["prior_accuracy"]))
-    console.print(table)
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}" if abs(v) > 1 else f"{100 * v:.1f}%"
+    return str(v)

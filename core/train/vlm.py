@@ -1,12 +1,25 @@
 """The assembled vision-language model: vision tower -> connector -> fusion into the LLM.
 
 Fusion components subclass :class:`VisionLanguageModel` and implement ``forward`` and
-``generate``; saving is shared. Layout of a saved model directory::
+``generate`` (the contract is :class:`vlmplug.contracts.VisionLanguageModelContract`); saving and
+the loss-normalisation contract with transformers' Trainer are shared here.
 
-    vision_encoder/         (when trained or built from a preset)
+**Loss normalisation.** With gradient accumulation the Trainer counts the target tokens of the whole
+accumulated batch (over all processes) and passes that count as ``num_items_in_batch``; a model
+that declares ``accepts_loss_kwargs = True`` must return ``sum of token losses /
+num_items_in_batch`` so that k micro-steps of batch b give exactly the loss and gradients of one
+step of batch k*b (the Trainer then neither divides by k nor averages per micro-batch). Fusions
+pass ``labels`` and ``num_items_in_batch`` on to the HF language model, whose causal-LM loss
+implements exactly that. ``loss_type = "ForCausalLM"`` tells the Trainer the labels are shifted,
+so it counts ``labels[:, 1:]``.
+
+Layout of a saved model directory (see :mod:`vlmplug.train.model_io` for loading)::
+
+    vlmplug_model.json          manifest: components with their options, LLM source, token ids
+    vision_encoder.safetensors  the tower's weights, when they trained or were randomly initialised
     connector.safetensors
-    llm/ or adapter/ (+ llm_base/ for a preset LLM under an adapter method)
-    vlmplug_model.json      which components, with their options
+    llm/ | adapter/ (+ llm_base/)   written by the PEFT method (plain transformers / peft folders)
+    tokenizer/  processor/
 """
 
 from __future__ import annotations
@@ -19,13 +32,39 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["VisionLanguageModel"]
+__all__ = ["VisionLanguageModel", "MANIFEST", "trainable_state_dict", "unique_tensors"]
+
+MANIFEST = "vlmplug_model.json"
+MODEL_FORMAT_VERSION = 1
+
+
+def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop later names of tensors that share storage (tied weights), keep the first; contiguous CPU."""
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (``requires_grad``), by their state-dict names, de-duplicated."""
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    state = module.state_dict(keep_vars=True)
+    return unique_tensors({k: v for k, v in state.items() if id(v) in trainable})
 
 
 class VisionLanguageModel(nn.Module):
     """Base class of fused models. ``image_token_id`` marks vision positions in ``input_ids``."""
 
-    _keys_to_ignore_on_save = None  # read by transformers' Trainer when it resumes a checkpoint
+    accepts_loss_kwargs = True  # read by transformers' Trainer: we normalise by num_items_in_batch
+    loss_type = "ForCausalLM"  # read by transformers' Trainer: labels are shifted, count labels[:, 1:]
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_save: list[str] | None = None  # set per checkpoint by the trainer (frozen keys)
 
     def __init__(self, vision_encoder: nn.Module, connector: nn.Module, llm: nn.Module, image_token_id: int):
         super().__init__()
@@ -35,6 +74,7 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = int(image_token_id)
         self.peft_method: Any = None  # set by the PEFT method; decides how the LLM is saved
         self.manifest: dict[str, Any] = {}
+        self.tokenizer: Any = None  # attached by the run / loader, saved with the model
 
     @property
     def config(self) -> Any:  # transformers' Trainer reads a few fields from model.config
@@ -44,6 +84,19 @@ class VisionLanguageModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> VisionLanguageModel:
+        """Load a saved model directory (a run's ``model/`` or a run directory): see :func:`vlmplug.load`."""
+        from .model_io import load
+
+        return load(path, **kwargs)
+
+    def tie_weights(self, **_: Any) -> None:
+        """Re-tie the LLM's tied weights (the Trainer calls this after loading a partial checkpoint)."""
+        tie = getattr(self.llm, "tie_weights", None)
+        if callable(tie):
+            tie()
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[N_img, 3, H, W]`` -> LLM-width vision tokens ``[N_img, T, H_llm]``."""
         feats = self.vision_encoder(pixel_values)
@@ -51,7 +104,7 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:  # pragma: no cover - abstract
+                num_items_in_batch: int | torch.Tensor | None = None, **kwargs: Any) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     @torch.no_grad()
@@ -69,10 +122,23 @@ class VisionLanguageModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         enc = self.vision_encoder
-        if getattr(enc, "from_preset", False) or any(p.requires_grad for p in enc.parameters()):
-            enc.save_pretrained(directory / "vision_encoder")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.connector.state_dict().items()}
-        save_file(state, str(directory / "connector.safetensors"), metadata={"format": "pt"})
-        written = self.peft_method.save_llm(self, directory) if self.peft_method else {}
-        manifest = {**self.manifest, "image_token_id": self.image_token_id, "llm_files": written}
-        (directory / "vlmplug_model.json").write_text(json.dumps(manifest, indent=2, default=str))
+        parts: dict[str, str] = {"connector": "connector.safetensors"}
+        if getattr(enc, "weights_source", None) is None or any(p.requires_grad for p in enc.parameters()):
+            save_file(unique_tensors(enc.state_dict()), str(directory / "vision_encoder.safetensors"),
+                      metadata={"format": "pt"})
+            parts["vision_encoder"] = "vision_encoder.safetensors"
+        save_file(unique_tensors(self.connector.state_dict()), str(directory / "connector.safetensors"),
+                  metadata={"format": "pt"})
+        if self.peft_method is not None:
+            llm_files = self.peft_method.save_llm(self, str(directory))
+        else:  # a merged / plain LLM
+            self.llm.save_pretrained(directory / "llm")
+            llm_files = {"llm": "llm"}
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory / "tokenizer")
+        processor = getattr(enc, "image_processor", None)
+        if processor is not None:
+            processor.save_pretrained(directory / "processor")
+        manifest = {**self.manifest, "format_version": MODEL_FORMAT_VERSION, "image_token_id": self.image_token_id,
+                    "parts": parts, "llm_files": llm_files}
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

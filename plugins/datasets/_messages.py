@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmplug.errors import DataError
+from vlmplug.errors import DataError, read_text
 
 ROLES = ("system", "user", "assistant")
 
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
     if not path.is_file():
-        raise DataError(f"{path}: file not found (dataset paths are relative to where you run vlmplug)")
-    text = path.read_text(encoding="utf-8")
+        raise DataError(f"{path}: file not found (dataset paths are relative to where you run vlmplug)",
+                        reason="missing-file")
+    text = read_text(path, "dataset", DataError)
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
@@ -24,7 +25,8 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
+                                reason="malformed-row", where=f"{path}:{n}") from e
         return rows
     try:
         data = json.loads(text)
@@ -57,7 +59,7 @@ def _check(row: Any, where: str) -> str | None:
 
 class MessagesDataset(Sequence):
     def __init__(self, config: Any, skip_bad: bool = False):
-        self.skipped: list[str] = []  # reasons, reported by the run
+        self.skipped: list[DataError] = []  # rows dropped under on_bad_sample: skip, reported by the run
         self.path = Path(config.path)
         root = Path(config.image_root) if config.image_root else self.path.parent
         rows = _rows(self.path)
@@ -70,7 +72,7 @@ class MessagesDataset(Sequence):
             where = f"{self.path}:{n}" if label == "line" else f"{self.path} record {n}"
             problem = _check(row, where)
             if problem:
-                problems.append(problem)
+                problems.append(DataError(problem, reason="malformed-row", where=where))
                 continue
             images = row.get("images", [])
             images = [images] if isinstance(images, str) else images
@@ -82,7 +84,7 @@ class MessagesDataset(Sequence):
         elif problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise DataError(f"{len(problems)} malformed row(s) in {self.path}{more}:\n  "
-                            + "\n  ".join(problems[:5])
+                            + "\n  ".join(str(p) for p in problems[:5])
                             + "\nfix the rows, or set on_bad_sample: skip to skip and count them")
 
     def __len__(self) -> int:

@@ -50,12 +50,14 @@ class ShapesDataset(Sequence):
 
     def __init__(self, num_samples: int, seed: int, image_size: int = 64,
                  question_types: Sequence[str] = ("color", "shape", "count", "presence"), max_shapes: int = 3,
-                 image_position: str = "before", presence_by: str = "location"):
+                 image_position: str = "before", presence_by: str = "location", blank_images: bool = False):
         self.n, self.seed, self.size = num_samples, seed, image_size
         self.types = list(question_types)
         self.max_shapes = max_shapes
         self.image_position = image_position
         self.presence_by = presence_by
+        self.blank_images = blank_images
+        self.skipped: list = []  # generated samples are never bad
 
     def __len__(self) -> int:
         return self.n
@@ -138,7 +140,8 @@ class ShapesDataset(Sequence):
                  else f"{question}\n<image>"},
                 {"role": "assistant", "content": answer},
             ],
-            "images": [self._image(rng, shapes)],
+            "images": [Image.new("RGB", (self.size, self.size), (255, 255, 255)) if self.blank_images
+                       else self._image(rng, shapes)],
             "answers": [answer],
             "question_type": qtype,
             "id": f"shapes-{self.seed}-{i}",
@@ -147,4 +150,4 @@ class ShapesDataset(Sequence):
 
 def build(config: Any, ctx: Any) -> ShapesDataset:
     return ShapesDataset(config.num_samples, config.seed, config.image_size, config.question_types, config.max_shapes,
-                         config.image_position, config.presence_by)
+                         config.image_position, config.presence_by, config.blank_images)

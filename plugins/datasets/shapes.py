@@ -35,6 +35,11 @@ class ShapesConfig:
     image_position: Literal["before", "after"] = field(
         default="before", metadata={"help": "Put <image> before the question (LLaVA's layout) or after it "
                                             "(image tokens can then attend to the question)."})
+    blank_images: bool = field(
+        default=False, metadata={"help": "Replace every image by a blank canvas of the same size: the same "
+                                         "questions and answers, nothing to see. As an eval set it measures how "
+                                         "much the answers depend on the image (a model that looks scores "
+                                         "near the answer prior)."})
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

@@ -62,14 +62,15 @@ class ImagePipeline:
 class ClipVisionTower(nn.Module):
     """``pixel_values [B, 3, S, S]`` -> features ``[B, N, D]`` from ``feature_layer``."""
 
-    def __init__(self, model: nn.Module, processor: Any, feature_layer: int, drop_cls: bool, from_preset: bool):
+    def __init__(self, model: nn.Module, processor: Any, feature_layer: int, drop_cls: bool,
+                 weights_source: str | None):
         super().__init__()
         self.model = model
         self.image_processor = processor
         self.pipeline = ImagePipeline(processor)
         self.feature_layer = feature_layer
         self.drop_cls = drop_cls
-        self.from_preset = from_preset
+        self.weights_source = weights_source
         cfg = model.config
         grid = cfg.image_size // cfg.patch_size
         self.hidden_size = cfg.hidden_size
@@ -85,8 +86,9 @@ class ClipVisionTower(nn.Module):
         feats = out.hidden_states[self.feature_layer]
         return feats[:, 1:] if self.drop_cls else feats
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.model.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Checkpoint the transformer layers (transformers 5's switch on the wrapped model)."""
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.model.save_pretrained(directory)
@@ -108,7 +110,7 @@ def build(config: Any, ctx: Any) -> ClipVisionTower:
         model = CLIPVisionModel(vcfg)
         size = config.tiny_image_size
         processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        return ClipVisionTower(model, processor, config.feature_layer, config.drop_cls, from_preset=True)
+        return ClipVisionTower(model, processor, config.feature_layer, config.drop_cls, weights_source=None)
     model = CLIPVisionModel.from_pretrained(config.model, dtype=ctx.torch_dtype, **ctx.hub_kwargs)
     processor = CLIPImageProcessorPil.from_pretrained(config.model, **ctx.hub_kwargs)
-    return ClipVisionTower(model, processor, config.feature_layer, config.drop_cls, from_preset=False)
+    return ClipVisionTower(model, processor, config.feature_layer, config.drop_cls, weights_source=config.model)

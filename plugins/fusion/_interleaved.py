@@ -1,6 +1,11 @@
 """Interleaved fusion (LLaVA, Liu et al. 2023): each ``<image>`` placeholder in the text is expanded
 to the connector's token budget by the data pipeline, and here those positions of the input
-embeddings are overwritten with the vision tokens, in order."""
+embeddings are overwritten with the vision tokens, in order.
+
+The image token needs no row of its own in the LLM's embedding matrix (its positions are
+overwritten), so its id may lie past the vocabulary: ids are masked to 0 before the lookup and the
+LLM's embeddings are never resized for it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from vlmplug.train.vlm import VisionLanguageModel
 class InterleavedVLM(VisionLanguageModel):
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         is_image = input_ids == self.image_token_id
-        embeds = self.llm.get_input_embeddings()(input_ids)
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         n_slots = int(is_image.sum())
         if pixel_values is None or pixel_values.numel() == 0:
             if n_slots:
@@ -31,9 +36,10 @@ class InterleavedVLM(VisionLanguageModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
-        kwargs.pop("num_items_in_batch", None)
+                num_items_in_batch: int | torch.Tensor | None = None, **kwargs: Any) -> Any:
         embeds = self.embed(input_ids, pixel_values)
+        if labels is not None and num_items_in_batch is not None:
+            kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

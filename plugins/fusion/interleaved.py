@@ -9,6 +9,7 @@ SPEC = ComponentSpec(
     name="interleaved",
     summary="Vision tokens replace each <image> placeholder in the input embeddings (LLaVA)",
     factory="vlmplug.plugins.fusion._interleaved:build",
+    default_when={},
 )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlmplug.contracts import OptimizerStackComponent
 from vlmplug.errors import HardwareError
 
 
-class MixedPrecision:
+class MixedPrecision(OptimizerStackComponent):
     def __init__(self, config: Any):
         self.config = config
 

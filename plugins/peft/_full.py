@@ -1,7 +1,9 @@
-"""Full fine-tuning: every parameter of the chosen parts trains."""
+"""Full fine-tuning: every parameter of the chosen parts trains; the LLM is saved as a plain
+transformers model (``llm/``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,17 @@ class FullFineTuning:
         vlm.peft_method = self
         return vlm
 
-    def save_llm(self, vlm: Any, directory: Path) -> dict[str, str]:
+    def save_llm(self, vlm: Any, directory: str) -> dict[str, str]:
         vlm.llm.save_pretrained(Path(directory) / "llm")
         return {"llm": "llm"}
+
+    def load_llm(self, directory: str, files: Mapping[str, str], load_base: Callable[[], Any]) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(Path(directory) / files["llm"], dtype="auto")
+
+    def merge(self, vlm: Any) -> Any:
+        return vlm
 
 
 def build(config: Any, ctx: Any) -> FullFineTuning:

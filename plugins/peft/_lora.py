@@ -7,6 +7,7 @@ was built from a preset (random init) its base weights are saved under ``llm_bas
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class LoraMethod:
         vlm.peft_method = self
         return vlm
 
-    def save_llm(self, vlm: Any, directory: Path) -> dict[str, str]:
+    def save_llm(self, vlm: Any, directory: str) -> dict[str, str]:
         directory = Path(directory)
         vlm.llm.save_pretrained(directory / "adapter")
         written = {"adapter": "adapter"}
@@ -55,6 +56,22 @@ class LoraMethod:
             fresh.save_pretrained(directory / "llm_base")
             written["llm_base"] = "llm_base"
         return written
+
+    def load_llm(self, directory: str, files: Mapping[str, str], load_base: Callable[[], Any]) -> Any:
+        """The base (``llm_base/`` for a preset, else the model the run started from) with the adapter."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        root = Path(directory)
+        base = (AutoModelForCausalLM.from_pretrained(root / files["llm_base"], dtype="auto")
+                if "llm_base" in files else load_base())
+        return PeftModel.from_pretrained(base, root / files["adapter"])
+
+    def merge(self, vlm: Any) -> Any:
+        """Fold the adapters into the base weights (``merge_and_unload``)."""
+        vlm.llm = vlm.llm.merge_and_unload()
+        vlm.peft_method = None
+        return vlm
 
 
 def build(config: Any, ctx: Any) -> LoraMethod:

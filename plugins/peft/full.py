@@ -21,6 +21,8 @@ SPEC = ComponentSpec(
     summary="Full fine-tuning of every part (optionally freezing some)",
     factory="vlmplug.plugins.peft._full:build",
     config=FullConfig,
+    default_when={"use_peft": False},
+    contradicts={"use_peft": True},
 )
 
 

@@ -42,6 +42,8 @@ SPEC = ComponentSpec(
     factory="vlmplug.plugins.peft._lora:build",
     config=LoraConfig,
     flat_keys=("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save"),
+    default_when={"use_peft": True},
+    contradicts={"use_peft": False},
 )
 
 

@@ -66,15 +66,16 @@ def test_disabled_and_not_loaded(site: Path) -> None:
 def test_trains_with_the_plugin(site: Path, tmp_path: Path) -> None:
     out = vlmplug(site, "train", "--plugins", "pixel-shuffle", "--output-dir", str(tmp_path / "run"),
                   "--set", "max_steps=3", "--set", "datasets.0.num_samples=64",
-                  "--set", "eval_datasets.0.num_samples=8", "--set", "eval_before_training=false",
-                  "--set", "eval_blank_images=false", "--set", "per_device_train_batch_size=4",
+                  "--set", "eval_datasets.0.num_samples=8", "--set", "eval_datasets.1.num_samples=8",
+                  "--set", "eval_before_training=false", "--set", "per_device_train_batch_size=4",
                   env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 tokens/image" in out.stderr  # 4x4 patch grid folded 2x2 -> 4 tokens
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 3
     manifest = json.loads((tmp_path / "run" / "model" / "vlmplug_model.json").read_text())
-    assert manifest["components"]["connector"] == "pixel-shuffle"
+    assert manifest["components"]["connector"]["name"] == "pixel-shuffle"
+    assert manifest["components"]["connector"]["provider"] == "vlmplug-pixel-shuffle-0.1.0"
 
 
 def test_pixel_shuffle_layout(site: Path) -> None:

@@ -8,8 +8,8 @@ import typing
 
 import pytest
 
-from vlmplug.keys import CORE_KEYS, PLANNED_COMPONENTS, PLANNED_KEYS, PLANNED_VALUES, TRAINING_KEYS
-from vlmplug.registry import FAMILIES, coerce_value
+from vlmplug.keys import BOUNDS, CORE_KEYS, TRAINING_ALIASES, TRAINING_KEYS, check_bounds
+from vlmplug.registry import coerce_value
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +49,37 @@ def test_core_keys_have_valid_defaults_and_help() -> None:
 
 def test_key_tables_do_not_overlap() -> None:
     assert not set(CORE_KEYS) & set(TRAINING_KEYS)
-    assert not set(PLANNED_KEYS) & (set(CORE_KEYS) | set(TRAINING_KEYS))
 
 
-def test_planned_entries_name_roadmap_components_and_families() -> None:
-    for comp, fam in PLANNED_COMPONENTS.items():
-        assert fam in FAMILIES, comp
-    for key, (comp, fam) in PLANNED_KEYS.items():
-        assert PLANNED_COMPONENTS.get(comp) == fam, key
-    for (key, _value), (comp, fam) in PLANNED_VALUES.items():
-        assert key in CORE_KEYS
-        assert PLANNED_COMPONENTS.get(comp) == fam
-
-
-def test_planned_components_are_not_builtins() -> None:
+def test_roadmap_placeholders_claim_no_core_key_and_no_builtin_name() -> None:
     from vlmplug.manager import load
 
-    names = set(load(autoload=False).registry.names())
-    assert not names & set(PLANNED_COMPONENTS)
+    registry = load(autoload=False).registry
+    planned = registry.planned_specs()
+    assert planned, "the roadmap plugin registers placeholders"
+    names = set(registry.names())
+    for spec in planned:
+        assert spec.name not in names
+        assert not set(spec.flat_keys) & (set(CORE_KEYS) | set(TRAINING_KEYS)), spec.name
+
+
+def test_every_bound_is_a_known_numeric_key() -> None:
+    for key in BOUNDS:
+        assert key in CORE_KEYS or key in TRAINING_KEYS or key in TRAINING_ALIASES, key
+
+
+@pytest.mark.parametrize("key, bad, good", [
+    ("learning_rate", 0, 1e-4), ("learning_rate", -1e-4, 1e-4),
+    ("per_device_train_batch_size", 0, 1), ("gradient_accumulation_steps", 0, 1),
+    ("max_steps", -1, 1), ("max_steps", 0, 10), ("eval_batch_size", 0, 1), ("num_train_epochs", 0, 0.5),
+    ("adam_beta1", 1.0, 0.9), ("warmup_ratio", 1.0, 0.1), ("weight_decay", -0.1, 0.0),
+])
+def test_bounds(key: str, bad: float, good: float) -> None:
+    assert check_bounds(key, good, key) is None
+    problem = check_bounds(key, bad, key)
+    assert problem and problem.startswith(f"{key}: must be ") and f"got {bad!r}" in problem
+
+
+def test_max_steps_bound_says_how_to_train_by_epochs() -> None:
+    assert check_bounds("max_steps", -1, "max_steps") == (
+        "max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs")

@@ -432,10 +432,11 @@ def test_failing_detector_is_a_plugin_error() -> None:
 @pytest.mark.parametrize("model, config, expected", [
     ("openai/clip-vit-large-patch14-336", None, "clip"),
     ("openai/clip-vit-base-patch32", None, "clip"),
-    ("google/siglip-so400m-patch14-384", None, None),
-    ("BAAI/EVA-CLIP-8B", None, None),
+    ("google/siglip-so400m-patch14-384", None, "siglip"),  # named by the roadmap plugin: a planned encoder
+    ("BAAI/EVA-CLIP-8B", None, "eva-clip"),
     ("./local-tower", {"model_type": "clip_vision_model"}, "clip"),
-    ("./local-clip", {"model_type": "siglip_vision_model"}, None),
+    ("./local-clip", {"model_type": "siglip_vision_model"}, "siglip"),
+    ("some/unknown-tower", None, None),
 ])
 def test_detect_vision_encoder(host: Any, model: str, config: Any, expected: Any) -> None:
     assert host.detect_vision_encoder(model=model, config=config) == expected
@@ -451,6 +452,7 @@ EXPECTED_HOOKS = {
     "register_vision_encoders", "register_connectors", "register_fusions", "register_peft_methods",
     "register_dataset_formats", "register_optimizer_stack", "register_evaluators", "register_commands",
     "detect_dataset_format", "detect_vision_encoder",
+    "model_formats", "export_model", "detect_model_format", "import_model",
     "on_run_start", "on_model_built", "on_train_start", "on_log", "on_checkpoint_saved", "on_eval_end",
     "on_run_end",
 }

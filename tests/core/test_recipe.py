@@ -224,10 +224,10 @@ def test_explicit_options_are_validated(host: Any, quickstart: dict) -> None:
 
 def test_use_peft_contradictions(host: Any, quickstart: dict) -> None:
     assert problems(host, {**quickstart, "use_peft": True}) == [
-        "use_peft: true contradicts peft method 'full'; choose an adapter method (lora)"
+        "use_peft: true contradicts PEFT method 'full'; drop one"
     ]
     assert problems(host, {**quickstart, "use_peft": False}, plugins=("lora",)) == [
-        "use_peft: false contradicts peft method 'lora'; drop one"
+        "use_peft: false contradicts PEFT method 'lora'; drop one"
     ]
 
 
@@ -236,7 +236,7 @@ def test_use_peft_without_a_method_selects_lora(host: Any, quickstart: dict) -> 
     assert run(host, data).components()["peft"] == "full"
     r = run(host, {**data, "use_peft": True})
     assert r.components()["peft"] == "lora"
-    assert "peft: use_peft is true and no method is named: using 'lora'" in r.notes
+    assert "peft: no PEFT method named; using 'lora' (the default for use_peft: true)" in r.notes
 
 
 def test_set_use_peft_acts_like_the_recipe_key(host: Any, quickstart: dict) -> None:
@@ -246,7 +246,7 @@ def test_set_use_peft_acts_like_the_recipe_key(host: Any, quickstart: dict) -> N
     r = run(host, data, sets=("use_peft=true",))
     assert r.components()["peft"] == "lora"
     assert problems(host, quickstart, sets=("use_peft=true",)) == [
-        "use_peft: true contradicts peft method 'full'; choose an adapter method (lora)"
+        "use_peft: true contradicts PEFT method 'full'; drop one"
     ]
 
 
@@ -448,7 +448,7 @@ def test_llava_block_use_peft_alone_selects_lora(host: Any) -> None:
     data = {k: v for k, v in LLAVA.items() if k not in PLANNED_IN_LLAVA and not k.startswith("lora_")}
     r = run(host, data)
     assert r.components()["peft"] == "lora"
-    assert "peft: use_peft is true and no method is named: using 'lora'" in r.notes
+    assert "peft: no PEFT method named; using 'lora' (the default for use_peft: true)" in r.notes
 
 
 def test_llava_block_with_bf16_false_does_not_select_mixed_precision(host: Any) -> None:

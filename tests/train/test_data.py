@@ -158,7 +158,8 @@ def test_encoded_dataset_reads_images_lazily(tok, encoder, tmp_path):
     ds = EncodedDataset(samples, encoder, "train", skip_bad=False)
     assert len(ds) == 3 and ds.skipped == []
     item = ds[1]
-    assert set(item) == {"input_ids", "labels", "images"}
+    assert set(item) == {"input_ids", "labels", "images", "vlmplug_skipped"}
+    assert item["vlmplug_skipped"] == []
     assert [im.size for im in item["images"]] == [(8, 8), (10, 6)]
     assert all(im.mode == "RGB" for im in item["images"])
     assert item["images"][1].getpixel((0, 0)) == (0, 0, 255)
@@ -187,15 +188,15 @@ def test_bad_samples_skipped_and_counted(encoder, tmp_path):
         _sample(images=(good,), answer="yes"),
     ]
 
-    class WithSkips(list):
-        skipped = ["reader: bad row 9"]  # rows the format reader already dropped are counted too
+    class WithSkips(list):  # rows the format reader already dropped are counted too
+        skipped = [DataError("reader: bad row 9", reason="malformed-row", where="data.jsonl:9")]
 
     ds = EncodedDataset(WithSkips(samples), encoder, "train", skip_bad=True)
     assert len(ds) == 2
-    assert len(ds.skipped) == 3
-    assert ds.skipped[0] == "reader: bad row 9"
-    assert "train sample 1" in ds.skipped[1] and "missing.png" in ds.skipped[1]
-    assert "train sample 2" in ds.skipped[2] and "placeholder" in ds.skipped[2]
+    assert [(s["reason"], s["where"]) for s in ds.skipped] == [
+        ("malformed-row", "data.jsonl:9"), ("missing-image", "train sample 1"), ("image-count", "train sample 2")]
+    assert "missing.png" in ds.skipped[1]["message"]
+    assert "placeholder" in ds.skipped[2]["message"]
     assert ds[1]["labels"] == encoder.encode(samples[3], "x")[1]
 
 

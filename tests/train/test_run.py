@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from vlmplug.errors import DataError, HardwareError
@@ -44,25 +45,37 @@ def run(data: dict, tmp_path: Path, *sets: str, plugins: tuple[str, ...] = ()):
     return run_training(recipe, host, output_dir=str(tmp_path / "run"), console=Console(quiet=True))
 
 
+BLANK = {"name": "blank", "format": "shapes", "num_samples": 8, "seed": 1, "image_size": 32, "blank_images": True}
+
+
 def test_full_run_writes_everything(tmp_path: Path) -> None:
-    result = run(TINY, tmp_path, "eval_blank_images=true")
+    result = run({**TINY, "eval_datasets": [*TINY["eval_datasets"], BLANK]}, tmp_path)
     d = result.run_dir
-    for name in ("resolved_recipe.yaml", "metrics.json", "train.log", "run.log", "predictions_after.jsonl",
+    for name in ("resolved_recipe.yaml", "metrics.json", "train.log", "run.json", "predictions_after.jsonl",
                  "model/connector.safetensors", "model/llm/model.safetensors", "model/llm/config.json",
-                 "model/vision_encoder/model.safetensors", "model/vision_encoder/preprocessor_config.json",
-                 "model/tokenizer/tokenizer.json", "model/processor/preprocessor_config.json",
-                 "model/vlmplug_model.json"):
+                 "model/vision_encoder.safetensors", "model/tokenizer/tokenizer.json",
+                 "model/processor/preprocessor_config.json", "model/vlmplug_model.json"):
         assert (d / name).is_file(), name
     assert not list(d.glob("*.partial"))
+    assert not (d / "run.log").exists()  # one log file
     metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
     assert metrics["train"]["steps"] == 4
     for key in ("before", "after"):
-        assert {"accuracy", "per_type", "yes_ratio", "blank_image_accuracy"} <= set(metrics[key])
-        assert set(metrics[key]["per_type"]) == {"color", "shape", "count", "presence"}
+        assert set(metrics[key]) == {"shapes", "blank"}
+        for label in ("shapes", "blank"):
+            vqa = metrics[key][label]["vqa"]
+            assert {"accuracy", "per_type", "yes_ratio", "count"} <= set(vqa)
+            assert set(vqa["per_type"]) == {"color", "shape", "count", "presence"}
+    assert metrics["primary"]["metric"] == "shapes/vqa/accuracy"
+    assert metrics["primary"]["after"] == metrics["after"]["shapes"]["vqa"]["accuracy"]
+    assert set(metrics["baselines"]["shapes"]["vqa"]) == {"answer_prior"}
     logs = [json.loads(line) for line in (d / "train.log").read_text().splitlines()]
     assert [entry["step"] for entry in logs if "loss" in entry] == [1, 2, 3, 4]
-    resolved = (d / "resolved_recipe.yaml").read_text()
-    assert "provider: built-in" in resolved and "training_args_full" in resolved
+    resolved = yaml.safe_load((d / "resolved_recipe.yaml").read_text())
+    assert resolved["peft"]["provider"] == "built-in" and "training_args_full" in resolved["runtime"]
+    assert resolved["output_dir"] == str(d)
+    assert json.loads((d / "run.json").read_text())["status"] == "finished"
 
 
 def test_lora_adapter_loads_with_plain_peft(tmp_path: Path) -> None:
@@ -140,7 +153,11 @@ def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
             "max_steps": 1}
     result = run(data, tmp_path)
     assert result.metrics["train_samples"] == 2
-    assert result.metrics["skipped_samples"] == 3
+    skipped = result.metrics["skipped"]["train"]
+    assert skipped["total"] == 3
+    assert {r: e["count"] for r, e in skipped["reasons"].items()} == {
+        "missing-image": 1, "image-count": 1, "unreadable-image": 1}
+    assert skipped["reasons"]["missing-image"]["first"] == [f"{path}:3"]
 
 
 def test_model_config_typo_is_an_error(tmp_path: Path) -> None:

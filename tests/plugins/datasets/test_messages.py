@@ -129,8 +129,10 @@ def test_skip_mode_skips_and_lists_bad_rows(tiny, tmp_path):
     ds = _load(tiny, path, on_bad_sample="skip")
     assert [s["messages"][1]["content"] for s in ds] == ["a", "b", "c"]
     assert len(ds.skipped) == 2
-    assert ds.skipped[0].startswith(f"{path}:2:")
-    assert ds.skipped[1].startswith(f"{path}:4:")
+    assert str(ds.skipped[0]).startswith(f"{path}:2:")
+    assert str(ds.skipped[1]).startswith(f"{path}:4:")
+    assert [(e.reason, e.where) for e in ds.skipped[:2]] == [("malformed-row", f"{path}:2"),
+                                                           ("malformed-row", f"{path}:4")]
     assert [s["_where"] for s in ds] == [f"{path}:1", f"{path}:3", f"{path}:5"]
 
 

@@ -31,7 +31,7 @@ def _random_image(w: int, h: int, seed: int = 0) -> Image.Image:
 
 def test_tiny_tower_drops_cls_by_default(clip_tower):
     assert isinstance(clip_tower, ClipVisionTower)
-    assert clip_tower.from_preset is True
+    assert clip_tower.weights_source is None  # random init: saved with the model
     with torch.no_grad():
         feats = clip_tower(_pixels(3))
     assert feats.shape == (3, GRID * GRID, WIDTH)
@@ -99,7 +99,7 @@ def test_save_then_load_from_path_gives_identical_outputs(tiny, ctx, clip_tower,
     assert (tmp_path / "tower" / "preprocessor_config.json").is_file()
 
     loaded = tiny.build(clip_plugin.SPEC, ctx, {"model": str(tmp_path / "tower")})
-    assert loaded.from_preset is False
+    assert loaded.weights_source == str(tmp_path / "tower")
     assert loaded.num_patches == clip_tower.num_patches
     assert loaded.hidden_size == clip_tower.hidden_size
     assert loaded.pipeline.crop == clip_tower.pipeline.crop == (32, 32)
@@ -238,4 +238,4 @@ def test_detect_through_the_plugin_host():
 
     host = load(autoload=False)
     assert host.detect_vision_encoder(model="openai/clip-vit-large-patch14-336", config=None) == "clip"
-    assert host.detect_vision_encoder(model="google/siglip-so400m-patch14-384", config=None) is None
+    assert host.detect_vision_encoder(model="some/dinov2-tower", config=None) is None

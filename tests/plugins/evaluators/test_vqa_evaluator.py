@@ -52,18 +52,20 @@ def test_prompt_single_turn(tiny):
 
 def test_references_from_answers(tiny):
     ev = _evaluator(tiny)
-    assert ev.reference_key == "answers"
-    assert ev.references({**SAMPLE, "answers": ["circle", "round"]}) == ["circle", "round"]
-    assert ev.references({**SAMPLE, "answers": ("circle",)}) == ["circle"]
-    assert ev.references({**SAMPLE, "answers": "circle"}) == ["circle"]
+    assert ev.primary_metric == "accuracy"
+    assert ev.references({**SAMPLE, "answers": ["circle", "round"]}) == {"answers": ["circle", "round"]}
+    assert ev.references({**SAMPLE, "answers": ("circle",)}) == {"answers": ["circle"]}
+    assert ev.references({**SAMPLE, "answers": "circle"}) == {"answers": ["circle"]}
+    assert ev.references({**SAMPLE, "answers": "circle", "question_type": "shape"}) == {
+        "answers": ["circle"], "question_type": "shape"}
     vqav2 = [{"answer": "circle", "answer_confidence": "yes"}]
-    assert ev.references({**SAMPLE, "answers": vqav2}) == vqav2
+    assert ev.references({**SAMPLE, "answers": vqav2}) == {"answers": vqav2}
 
 
 @pytest.mark.parametrize("answers", [None, [], ""])
 def test_references_fall_back_to_last_assistant_message(tiny, answers):
     sample = dict(SAMPLE) if answers is None else {**SAMPLE, "answers": answers}
-    assert _evaluator(tiny).references(sample) == ["circle"]
+    assert _evaluator(tiny).references(sample) == {"answers": ["circle"]}
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -74,13 +74,22 @@ def test_forward_loss_equals_llm_on_manual_embeddings(tiny, tokenizer, vlm):
     torch.testing.assert_close(out.logits, ref.logits)
 
 
-def test_forward_ignores_num_items_in_batch(tiny, tokenizer, vlm):
+def test_loss_is_token_sum_over_num_items_in_batch(tiny, tokenizer, vlm):
+    """The Trainer's contract (accepts_loss_kwargs): with num_items_in_batch the loss is the sum of the
+    token losses divided by it, so micro-batches of an accumulated step add up; without it, the mean."""
     vlm.eval()
-    batch = tiny.make_batch(vlm, tokenizer, (1,))
+    batch = tiny.make_batch(vlm, tokenizer, (1, 2), seed=3)
     with torch.no_grad():
-        a = vlm(**batch).loss
-        b = vlm(**batch, num_items_in_batch=torch.tensor(7)).loss
-    torch.testing.assert_close(a, b)
+        logits = vlm(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+            ignore_index=-100, reduction="sum")
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        mean = vlm(**batch).loss
+        summed = vlm(**batch, num_items_in_batch=torch.tensor(7 * n)).loss
+    assert vlm.accepts_loss_kwargs is True
+    torch.testing.assert_close(mean, per_token / n)
+    torch.testing.assert_close(summed, per_token / (7 * n))
 
 
 def test_text_only_batch_is_plain_llm(tiny, tokenizer, vlm):

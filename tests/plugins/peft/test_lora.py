@@ -159,7 +159,8 @@ def test_full_vlm_save_pretrained(tiny, ctx, vlm, tmp_path):
     assert manifest["image_token_id"] == vlm.image_token_id
     assert (tmp_path / "model" / "connector.safetensors").is_file()
     # the tiny tower is a preset (random init), so it is saved even though it was frozen
-    assert (tmp_path / "model" / "vision_encoder" / "config.json").is_file()
+    assert manifest["parts"]["vision_encoder"] == "vision_encoder.safetensors"
+    assert (tmp_path / "model" / "vision_encoder.safetensors").is_file()
 
 
 @pytest.mark.parametrize("options, match", [({"lora_r": 0}, "lora_r"), ({"lora_dropout": 1.0}, "lora_dropout")])

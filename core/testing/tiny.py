@@ -1,0 +1,135 @@
+"""Tiny random-init parts for tests: built from configs, nothing is downloaded.
+
+A CLIP tower at 32 px with 8 px patches (16 patch tokens of width 32), a 1-layer Llama of width 32
+and a SentencePiece-style BPE tokenizer trained on a handful of sentences. Components are built the
+way the training pipeline builds them: ``spec.load_factory()(spec.make_config(options), ctx, ...)``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from vlmplug.train.hardware import Hardware
+from vlmplug.train.run import BuildContext
+
+__all__ = ["IMAGE_TOKEN", "TINY_TEXTS", "CLIP_OPTIONS", "LLM_OVERRIDES", "make_ctx", "build", "make_tokenizer",
+           "make_clip", "make_llm", "make_connector", "make_vlm", "make_batch", "namespace"]
+
+IMAGE_TOKEN = "<image>"
+TINY_TEXTS = [
+    "What color is the shape?", "Which color does the shape have?", "What shape is this?",
+    "How many shapes are there?", "Is there a red shape?", "Does the image contain a circle?",
+    "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "yes", "no",
+    "1", "2", "3", "You are a helpful assistant.", "Describe the image in one word.",
+]
+
+CLIP_OPTIONS: dict[str, Any] = dict(model="tiny", tiny_image_size=32, tiny_patch_size=8, tiny_hidden_size=32,
+                                    tiny_layers=2, tiny_heads=2)
+LLM_OVERRIDES: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     num_key_value_heads=2, max_position_embeddings=256)
+
+
+def make_ctx(on_bad_sample: str = "error", hardware: Hardware | None = None) -> BuildContext:
+    return BuildContext(recipe=None, torch_dtype=torch.float32, hub_kwargs={}, on_bad_sample=on_bad_sample,
+                        hardware=hardware or Hardware(False, "cpu", False, False))
+
+
+def build(spec: Any, ctx: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Build a component from its spec, as the pipeline does (config from ``options`` + defaults)."""
+    return spec.load_factory()(spec.make_config(options or {}), ctx, **kwargs)
+
+
+def make_tokenizer(texts: list[str] | None = None, vocab_size: int = 300) -> Any:
+    from vlmplug.train.llm import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(texts or TINY_TEXTS, IMAGE_TOKEN, vocab_size=vocab_size)
+
+
+def make_clip(ctx: Any, seed: int = 0, **options: Any) -> Any:
+    from vlmplug.plugins.encoders.clip import SPEC
+
+    torch.manual_seed(seed)
+    return build(SPEC, ctx, {**CLIP_OPTIONS, **options})
+
+
+def make_llm(tokenizer: Any, seed: int = 0, **overrides: Any) -> Any:
+    from vlmplug.train.llm import load_llm
+
+    torch.manual_seed(seed)
+    llm, from_preset = load_llm("tiny-llama", tokenizer, dtype=torch.float32,
+                                overrides={**LLM_OVERRIDES, **overrides}, load_kwargs={}, hub_kwargs={},
+                                attn_implementation="eager")
+    assert from_preset
+    return llm
+
+
+def make_connector(spec: Any, ctx: Any, tower: Any, llm: Any, options: dict[str, Any] | None = None,
+                   seed: int = 2) -> Any:
+    torch.manual_seed(seed)
+    hidden = llm.get_input_embeddings().weight.shape[1]
+    return build(spec, ctx, options, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches)
+
+
+def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
+             connector_options: dict[str, Any] | None = None, fusion: Any = None) -> Any:
+    """tiny CLIP -> connector -> fusion (default interleaved) into the tiny Llama; no PEFT applied yet.
+
+    ``connector`` and ``fusion`` are component specs or built-in names."""
+    from vlmplug.manager import load
+
+    host = None
+    if isinstance(connector, str) or fusion is None or isinstance(fusion, str):
+        host = load(autoload=False)
+    conn_spec = host.registry.get(connector) if isinstance(connector, str) else connector
+    fusion_spec = host.registry.get(fusion or "interleaved") if (fusion is None or isinstance(fusion, str)) else fusion
+    tower = make_clip(ctx, seed=seed)
+    llm = make_llm(tokenizer, seed=seed + 1)
+    conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2)
+    fusion_obj = build(fusion_spec, ctx)
+    vlm = fusion_obj.build(llm=llm, vision_encoder=tower, connector=conn,
+                           image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    vlm.manifest = {"components": {}, "llm_preset": True, "model": "tiny-llama"}
+    vlm.fusion = fusion_obj
+    vlm.tokens_per_image = fusion_obj.placeholder_tokens(conn)
+    return vlm
+
+
+def make_batch(vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1, 1), text_len: int = 5,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded rows of ``[text, <image> x T, ..., text]``: random ordinary-token ids (never a
+    special token or the image token), random pixels, labels on the text only."""
+    from vlmplug.train.llm import TINY_SPECIALS
+
+    g = torch.Generator().manual_seed(seed)
+    t = getattr(vlm, "tokens_per_image", None) or vlm.connector.num_tokens
+    first_ordinary = len(TINY_SPECIALS) + 1  # the tiny vocab starts with its specials and the image token
+    rows = []
+    for n in n_images_per_row:
+        ids: list[int] = []
+        for _ in range(n):
+            ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
+            ids += [vlm.image_token_id] * t
+        ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for r, row in enumerate(rows):
+        input_ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    size = vlm.vision_encoder.image_size
+    pixel_values = torch.randn(sum(n_images_per_row), 3, size, size, generator=g)
+    labels = input_ids.clone()
+    labels[(input_ids == vlm.image_token_id) | (mask == 0)] = -100
+    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values, "labels": labels}
+
+
+def namespace() -> SimpleNamespace:
+    """The builders as one object (the ``tiny`` fixture)."""
+    return SimpleNamespace(make_ctx=make_ctx, build=build, make_clip=make_clip, make_llm=make_llm,
+                           make_connector=make_connector, make_vlm=make_vlm, make_batch=make_batch,
+                           make_tokenizer=make_tokenizer, IMAGE_TOKEN=IMAGE_TOKEN, CLIP_OPTIONS=CLIP_OPTIONS,
+                           LLM_OVERRIDES=LLM_OVERRIDES)

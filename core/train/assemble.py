@@ -1,0 +1,125 @@
+"""Building a model from selected components: the same code for training and for loading.
+
+Every factory's product is checked against its family contract (:mod:`vlmplug.contracts`) as it
+is built, so a plugin missing a member fails here, naming the plugin and the member.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vlmplug.contracts import check
+from vlmplug.errors import PluginError, VlmplugError
+
+from .hardware import Hardware
+from .llm import PRESETS, load_llm
+
+__all__ = ["BuildContext", "build_component", "check_product", "llm_load_kwargs", "assemble_model", "model_manifest",
+           "DTYPES", "llm_dtype"]
+
+log = logging.getLogger("vlmplug")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@dataclass
+class BuildContext:
+    """What component factories receive besides their own config."""
+
+    recipe: Any
+    torch_dtype: Any
+    hub_kwargs: dict[str, Any]
+    on_bad_sample: str
+    hardware: Hardware
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        log.info(message)
+
+
+def _plugin(sel: Any) -> str:
+    return f"{sel.spec.plugin} ({sel.spec.provider})"
+
+
+def _what(sel: Any) -> str:
+    from vlmplug.registry import FAMILY_TITLES
+
+    return f"building {FAMILY_TITLES.get(sel.spec.family, sel.spec.family)} '{sel.name}'"
+
+
+def check_product(sel: Any, obj: Any, family: str | None = None) -> Any:
+    """Check ``obj`` (built by ``sel``'s plugin) against the family contract; PluginError if it fails."""
+    try:
+        check(obj, family or sel.spec.family)
+    except TypeError as exc:
+        raise PluginError(_plugin(sel), _what(sel), exc) from None
+    return obj
+
+
+def build_component(sel: Any, ctx: Any, **kwargs: Any) -> Any:
+    """Call a selected component's factory and check what it returns; errors name the plugin."""
+    factory = sel.spec.load_factory()
+    try:
+        obj = factory(sel.config(), ctx, **kwargs)
+    except VlmplugError:
+        raise
+    except Exception as exc:
+        raise PluginError(_plugin(sel), _what(sel), exc) from exc
+    return check_product(sel, obj)
+
+
+def llm_load_kwargs(components: list[Any]) -> dict[str, Any]:
+    """The LLM's extra ``from_pretrained`` arguments: the PEFT method's, then the stack's in order."""
+    out: dict[str, Any] = {}
+    for comp in components:
+        out.update(comp.model_load_kwargs())
+    return out
+
+
+def llm_dtype(core: dict[str, Any]) -> Any:
+    dtype = DTYPES[core["dtype"]]
+    return torch.float32 if core["model"] in PRESETS and dtype == "auto" else dtype
+
+
+def assemble_model(*, single: dict[str, Any], fusion: Any, tokenizer: Any, core: dict[str, Any], ctx: Any,
+                   load_kwargs: dict[str, Any], llm: Any = None, tower: Any = None) -> Any:
+    """Vision tower, LLM, connector and fusion -> the model (no PEFT yet). ``llm`` / ``tower`` may
+    be given already loaded (reloading a saved model)."""
+    tower = tower if tower is not None else build_component(single["vision_encoder"], ctx)
+    from_preset = core["model"] in PRESETS
+    if llm is None:
+        llm, from_preset = load_llm(core["model"], tokenizer, dtype=llm_dtype(core),
+                                    overrides=dict(core.get("model_config") or {}), load_kwargs=load_kwargs,
+                                    hub_kwargs=ctx.hub_kwargs, attn_implementation=core["attn_implementation"],
+                                    image_token=core["image_token"])
+    hidden = llm.get_input_embeddings().weight.shape[1]
+    connector = build_component(single["connector"], ctx, in_dim=tower.hidden_size, out_dim=hidden,
+                                num_input_tokens=tower.num_patches)
+    connector.to(next(llm.parameters()).dtype)
+    image_token_id = tokenizer.convert_tokens_to_ids(core["image_token"])
+    vlm = fusion.build(llm=llm, vision_encoder=tower, connector=connector, image_token_id=image_token_id)
+    check_product(single["fusion"], vlm, "model")
+    vlm.tokenizer = tokenizer
+    vlm.tokens_per_image = int(fusion.placeholder_tokens(connector))
+    vlm.manifest = model_manifest(single, core, from_preset, vlm.tokens_per_image)
+    return vlm
+
+
+#: Core values a saved model needs to be rebuilt.
+MODEL_CORE_KEYS = ("model", "model_config", "dtype", "attn_implementation", "image_token", "trust_remote_code",
+                   "max_seq_length", "chat_template")
+
+
+def model_manifest(single: dict[str, Any], core: dict[str, Any], from_preset: bool,
+                   tokens_per_image: int) -> dict[str, Any]:
+    """What ``vlmplug_model.json`` records: the components with their options and the core values."""
+    from vlmplug._version import __version__
+
+    return {"vlmplug_version": __version__,
+            "components": {fam: sel.to_dict() for fam, sel in single.items()},
+            "core": {k: core.get(k) for k in MODEL_CORE_KEYS},
+            "llm_preset": bool(from_preset), "tokens_per_image": tokens_per_image}

@@ -1,0 +1,110 @@
+"""Roadmap placeholders: the guide's components and keys that this release does not provide yet.
+
+Each is registered as a ``planned`` spec, so a guide recipe naming one (``alignment:
+perceiver_resampler``, ``load_in_4bit: true``, ``attn_implementation: flash_attention_2``) gets one
+clear error naming the missing component instead of "unknown key". A real component of the same name
+-- a later release, or an installed plugin -- replaces the placeholder. Nothing here is listed by
+``vlmplug list``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmplug import ComponentSpec, hookimpl
+
+
+def _planned(name: str, *, aliases: tuple[str, ...] = (), flat_keys: tuple[str, ...] = (),
+             activated_by: dict[str, Any] | None = None) -> ComponentSpec:
+    return ComponentSpec(name=name, summary="(on the roadmap)", factory="", aliases=aliases, flat_keys=flat_keys,
+                         activated_by=activated_by or {}, planned=True)
+
+
+PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
+    "vision_encoder": (
+        _planned("siglip", flat_keys=("image_resolution", "patch_pooling")),
+        _planned("eva-clip"),
+        _planned("patches"),
+    ),
+    "connector": (
+        _planned("perceiver", aliases=("perceiver_resampler", "perceiver-resampler"), flat_keys=("num_query_tokens",)),
+        _planned("qformer"),
+        _planned("qformer-text"),
+    ),
+    "fusion": (_planned("cross-attention"), _planned("modality-experts")),
+    "peft": (
+        _planned("qlora", flat_keys=("load_in_4bit", "load_in_8bit", "bnb_4bit_compute_dtype",
+                                     "bnb_4bit_use_double_quant", "bnb_4bit_quant_type")),
+        _planned("spectrum", flat_keys=("spectrum_top_percent",)),
+    ),
+    "dataset_format": (
+        _planned("llava"), _planned("sharegpt"), _planned("hf"),
+        _planned("video", flat_keys=("max_num_frames", "frame_sampling")),
+        _planned("document", flat_keys=("augmentation",)),
+    ),
+    "optimizer_stack": (
+        _planned("flash-attention",
+                 activated_by={"attn_implementation": ("flash_attention_2", "flash_attention_3")}),
+        _planned("liger", flat_keys=("use_liger",)),
+        _planned("packing", flat_keys=("packing",)),
+        _planned("adamw-8bit"),
+        _planned("deepspeed-zero3", flat_keys=("deepspeed",)),
+        _planned("fsdp", flat_keys=("fsdp",)),
+    ),
+    "evaluator": (
+        _planned("textvqa"), _planned("gqa"), _planned("docvqa"), _planned("pope"),
+        _planned("multiple-choice"), _planned("llm-judge"),
+    ),
+}
+
+
+def _register(family: str, register: Any) -> None:
+    for spec in PLANNED[family]:
+        register(spec)
+
+
+@hookimpl(trylast=True)
+def register_vision_encoders(register: Any) -> None:
+    _register("vision_encoder", register)
+
+
+@hookimpl(trylast=True)
+def register_connectors(register: Any) -> None:
+    _register("connector", register)
+
+
+@hookimpl(trylast=True)
+def register_fusions(register: Any) -> None:
+    _register("fusion", register)
+
+
+@hookimpl(trylast=True)
+def register_peft_methods(register: Any) -> None:
+    _register("peft", register)
+
+
+@hookimpl(trylast=True)
+def register_dataset_formats(register: Any) -> None:
+    _register("dataset_format", register)
+
+
+@hookimpl(trylast=True)
+def register_optimizer_stack(register: Any) -> None:
+    _register("optimizer_stack", register)
+
+
+@hookimpl(trylast=True)
+def register_evaluators(register: Any) -> None:
+    _register("evaluator", register)
+
+
+@hookimpl(trylast=True)
+def detect_vision_encoder(model: str, config: dict[str, Any] | None) -> str | None:
+    """Names a planned encoder for the hub ids it will read (``google/siglip-...``), so the user
+    learns which component is missing rather than that no encoder recognises the id."""
+    kind = str((config or {}).get("model_type", "")).replace("_vision_model", "")
+    text = kind or model.lower().replace("-", "").replace("_", "")
+    for name in ("siglip", "evaclip", "eva02"):
+        if name in text:
+            return "siglip" if name == "siglip" else "eva-clip"
+    return None
