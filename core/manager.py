@@ -1,6 +1,6 @@
 """Plugin discovery and the typed facade through which the core calls hooks.
 
-Built-in plugins come from :data:`BUILTIN_PLUGINS` (module paths, as pytest and llm do); third-party
+Built-in plugins come from ``vlmplug.plugins.BUILTIN_PLUGINS`` (module paths, as pytest and llm do); third-party
 plugins from the entry-point group ``vlmplug``. Both go through the same ``pm.register``, hook
 validation and registry; only discovery differs, and no plugin takes both routes.
 
@@ -32,22 +32,8 @@ from ._version import __version__
 from .errors import ConfigError, PluginError, did_you_mean
 from .registry import FAMILIES, ComponentSpec, Registry
 
-__all__ = ["BUILTIN_PLUGINS", "PluginInfo", "PluginHost", "load"]
+__all__ = ["PluginInfo", "PluginHost", "load", "builtin_plugins"]
 
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "vlmplug.plugins.encoders.clip",
-    "vlmplug.plugins.connectors.linear",
-    "vlmplug.plugins.connectors.mlp",
-    "vlmplug.plugins.fusion.interleaved",
-    "vlmplug.plugins.peft.full",
-    "vlmplug.plugins.peft.lora",
-    "vlmplug.plugins.datasets.messages",
-    "vlmplug.plugins.datasets.shapes",
-    "vlmplug.plugins.optim.gradient_checkpointing",
-    "vlmplug.plugins.optim.mixed_precision",
-    "vlmplug.plugins.evaluators.vqa",
-    "vlmplug.plugins.roadmap",
-)
 
 
 @dataclass
@@ -65,6 +51,14 @@ class PluginInfo:
     @property
     def status(self) -> str:
         return "broken" if self.error else "ok"
+
+
+def builtin_plugins() -> tuple[str, ...]:
+    """The built-in plugin modules, as ``vlmplug.plugins.BUILTIN_PLUGINS`` declares them (the core
+    names no component)."""
+    from vlmplug.plugins import BUILTIN_PLUGINS
+
+    return tuple(BUILTIN_PLUGINS)
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -94,7 +88,7 @@ class PluginHost:
 
     def load_builtins(self, disabled: Iterable[str] = ()) -> None:
         disabled = set(disabled)
-        for path in BUILTIN_PLUGINS:
+        for path in builtin_plugins():
             short = path.rsplit(".", 1)[-1]
             if path in disabled or short in disabled:
                 continue

@@ -1,5 +1,21 @@
-"""Built-in vlmplug plugins: one package per family, one light module per component.
+"""vlmplug's built-in plugins: one package per family, one light module per component (its spec,
+config dataclass and hook implementations), the heavy code in a private sibling module.
 
-Each component module holds only its spec, config dataclass and hookimpl; the torch code sits in a
-private sibling (``_name.py``) imported when the component is selected.
+:data:`BUILTIN_PLUGINS` lists the modules the plugin manager registers, in order (a built-in keeps
+its name when a third-party plugin registers the same one later).
 """
+
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "vlmplug.plugins.encoders.clip",
+    "vlmplug.plugins.connectors.linear",
+    "vlmplug.plugins.connectors.mlp",
+    "vlmplug.plugins.fusion.interleaved",
+    "vlmplug.plugins.peft.full",
+    "vlmplug.plugins.peft.lora",
+    "vlmplug.plugins.datasets.messages",
+    "vlmplug.plugins.datasets.shapes",
+    "vlmplug.plugins.optim.gradient_checkpointing",
+    "vlmplug.plugins.optim.mixed_precision",
+    "vlmplug.plugins.evaluators.vqa",
+    "vlmplug.plugins.roadmap",
+)

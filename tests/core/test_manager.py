@@ -12,7 +12,8 @@ import pytest
 
 from vlmplug import ComponentSpec, __version__, hookimpl, hookspecs
 from vlmplug.errors import PluginError
-from vlmplug.manager import BUILTIN_PLUGINS, load
+from vlmplug.manager import load
+from vlmplug.plugins import BUILTIN_PLUGINS
 
 BUILTIN_COMPONENTS = {
     "clip": "vision_encoder",
