@@ -29,7 +29,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import ConfigError, PluginError, did_you_mean
+from .errors import ConfigError, PluginError, VlmplugError, did_you_mean
 from .registry import FAMILIES, ComponentSpec, Registry
 
 __all__ = ["PluginInfo", "PluginHost", "load", "builtin_plugins"]
@@ -201,6 +201,8 @@ class PluginHost:
         caller = getattr(self.pm.hook, hook)
         try:
             return caller(**kwargs)
+        except VlmplugError:  # a plugin's deliberate, user-facing error (it names what to fix)
+            raise
         except Exception as exc:
             raise PluginError(self._culprit(exc, caller), f"hook {hook}", exc) from exc
 

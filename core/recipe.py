@@ -96,6 +96,9 @@ class ResolvedRecipe:
     evaluators: list[Selection]
     notes: list[str] = field(default_factory=list)
     runtime: dict[str, Any] = field(default_factory=dict)
+    #: ``{"format", "model"}`` when ``model:`` names a whole pretrained vision-language model (a saved
+    #: vlmplug model, or a foreign checkpoint a plugin imports): the run starts from its weights.
+    pretrained: dict[str, Any] | None = None
 
     def components(self) -> dict[str, Any]:
         formats = list(dict.fromkeys(s.name for s in [*self.datasets, *self.eval_datasets]))
@@ -127,6 +130,8 @@ class ResolvedRecipe:
             "training_args": dict(self.training_args),
             "notes": list(self.notes),
         }
+        if self.pretrained:
+            out["pretrained"] = dict(self.pretrained)
         if self.runtime:
             out["runtime"] = dict(self.runtime)
         return out
@@ -218,6 +223,7 @@ class Draft:
     flat: dict[str, Any] = field(default_factory=dict)  # top-level keys that belong to components
     explicit: set[str] = field(default_factory=set)  # core keys the recipe (or --set) wrote
     late_sets: list[tuple[str, Any]] = field(default_factory=list)
+    pretrained: dict[str, Any] | None = None
     single: dict[str, Entry] = field(default_factory=dict)
     lists: dict[str, list[Entry]] = field(default_factory=lambda: {k: [] for k in LIST_KEYS})
     activated: list[tuple[ComponentSpec, str]] = field(default_factory=list)
@@ -308,6 +314,24 @@ class _Resolver:
         )
         return None
 
+    def pretrained(self, model: str) -> dict[str, Any] | None:
+        """``{"format", "components"}`` when ``model`` is a whole pretrained VLM: a saved vlmplug model
+        (or run directory), or a checkpoint a plugin recognises from its ``config.json``."""
+        for candidate in (Path(model), Path(model) / "model"):
+            manifest = candidate / "vlmplug_model.json"
+            if manifest.is_file():
+                try:
+                    data = json.loads(manifest.read_text(encoding="utf-8"))
+                except ValueError as e:
+                    self.problems.append(f"model: {manifest} is not valid JSON ({e})")
+                    return None
+                comps = {k: v for k, v in (data.get("components") or {}).items() if k != "peft" and v}
+                return {"format": "vlmplug", "model": str(candidate), "components": comps}
+        if self.host is None:
+            return None
+        found = self.host.detect_model_format(model=model, config=_local_config(model) or _hub_config(model))
+        return {**found, "model": model} if found else None
+
     def detect_format(self, path: str, where: str) -> str | None:
         sample = _first_record(path, where, self.problems)
         if sample is False:
@@ -366,6 +390,21 @@ def _local_config(model: str) -> dict[str, Any] | None:
     try:
         data = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _hub_config(model: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a hub id (from the local cache, or downloaded when online); ``None`` when
+    it cannot be had -- then ``model`` is taken for a plain LLM."""
+    if Path(model).exists() or model.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model, "config.json")
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except Exception:  # offline, gated, missing, not JSON: not a checkpoint we can recognise
         return None
     return data if isinstance(data, dict) else None
 
@@ -453,6 +492,28 @@ def _select_single(draft: Draft, r: _Resolver) -> None:
             spec = r.lookup(name, fam, key)
         if spec is not None:
             draft.single[fam] = Entry(spec, opts)
+
+
+def _select_from_pretrained(draft: Draft, r: _Resolver) -> None:
+    """``model:`` naming a whole pretrained VLM fixes the encoder, connector and fusion to the ones its
+    weights belong to; the recipe may restate them (options merge) but not choose others."""
+    model = draft.core.get("model")
+    found = r.pretrained(str(model)) if model else None
+    if not found:
+        return
+    draft.pretrained = {"format": found["format"], "model": found["model"]}
+    r.notes.append(f"model: {model} is a {found['format']} checkpoint: the run starts from its weights")
+    for fam, raw in found["components"].items():
+        name, opts = r.split_entry(raw, f"model ({fam})")
+        spec = r.lookup(name, fam, f"model: {model} ({found['format']})") if name else None
+        if spec is None:
+            continue
+        chosen = draft.single.get(fam)
+        if chosen is not None and chosen.spec.name != spec.name:
+            r.problems.append(f"model: {model} is a {found['format']} checkpoint whose {FAMILY_TITLES[fam]} is "
+                              f"'{spec.name}', but the recipe chooses '{chosen.spec.name}'; drop the recipe's choice")
+            continue
+        draft.single[fam] = Entry(spec, {**opts, **(chosen.options if chosen else {})}, "model")
 
 
 def _activate_flat_keys(draft: Draft, r: _Resolver) -> None:
@@ -695,6 +756,7 @@ def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> Resolv
         name=str(core["name"]), description=str(core["description"]), source=source, core=core,
         training=draft.training, training_args=draft.training_args, single=single, datasets=datasets,
         eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
+        pretrained=draft.pretrained,
     )
 
 
@@ -729,6 +791,7 @@ def resolve(
     draft = _read_keys(data, r)
     draft.late_sets = late_sets
     _select_single(draft, r)
+    _select_from_pretrained(draft, r)
     _activate_flat_keys(draft, r)
     _select_lists(draft, r)
     _apply_plugins(draft, plugins, r)

@@ -17,5 +17,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.optim.gradient_checkpointing",
     "vlmplug.plugins.optim.mixed_precision",
     "vlmplug.plugins.evaluators.vqa",
+    "vlmplug.plugins.interop.llava_hf",
     "vlmplug.plugins.roadmap",
 )

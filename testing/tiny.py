@@ -91,7 +91,7 @@ def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
     fusion_obj = build(fusion_spec, ctx)
     vlm = fusion_obj.build(llm=llm, vision_encoder=tower, connector=conn,
                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    vlm.manifest = {"components": {}, "llm_preset": True, "model": "tiny-llama"}
+    vlm.manifest = {"components": {}, "save_llm_base": True, "model": "tiny-llama"}
     vlm.fusion = fusion_obj
     vlm.tokens_per_image = fusion_obj.placeholder_tokens(conn)
     return vlm

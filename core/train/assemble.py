@@ -114,12 +114,14 @@ MODEL_CORE_KEYS = ("model", "model_config", "dtype", "attn_implementation", "ima
                    "max_seq_length", "chat_template")
 
 
-def model_manifest(single: dict[str, Any], core: dict[str, Any], from_preset: bool,
+def model_manifest(single: dict[str, Any], core: dict[str, Any], save_llm_base: bool,
                    tokens_per_image: int) -> dict[str, Any]:
-    """What ``vlmplug_model.json`` records: the components with their options and the core values."""
+    """What ``vlmplug_model.json`` records: the components with their options and the core values.
+    ``save_llm_base``: the base LLM cannot be reloaded from ``core["model"]`` (a random-init preset, or
+    weights that come from a pretrained VLM), so adapter methods save it too."""
     from vlmplug._version import __version__
 
     return {"vlmplug_version": __version__,
             "components": {fam: sel.to_dict() for fam, sel in single.items()},
             "core": {k: core.get(k) for k in MODEL_CORE_KEYS},
-            "llm_preset": bool(from_preset), "tokens_per_image": tokens_per_image}
+            "save_llm_base": bool(save_llm_base), "tokens_per_image": tokens_per_image}

@@ -36,6 +36,8 @@ def find_model_dir(path: str | Path) -> Path:
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """The manifest, with ``./``-relative paths (core ``model``, component options) made absolute
+    against ``model_dir``, so a model directory can hold its own sub-models and still move."""
     try:
         data = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
     except ValueError as e:
@@ -43,6 +45,13 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "components" not in data or "core" not in data:
         raise ConfigError(f"{model_dir / MANIFEST}: not a vlmplug model manifest (written by an older vlmplug?)",
                           header="load")
+
+    def resolve(value: Any) -> Any:
+        return str(model_dir.resolve() / value[2:]) if isinstance(value, str) and value.startswith("./") else value
+
+    data["core"] = {k: resolve(v) for k, v in data["core"].items()}
+    data["components"] = {fam: ({k: resolve(v) for k, v in entry.items()} if isinstance(entry, dict) else entry)
+                          for fam, entry in data["components"].items()}
     return data
 
 

@@ -95,8 +95,9 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
     _announce(recipe, host, s, ctx)
     parts = _build_parts(recipe, ctx, s)
     data = _load_data(recipe, ctx)
-    tokenizer = _tokenizer(recipe, data, ctx, s)
-    vlm = _build_model(recipe, parts, tokenizer, ctx, s, host)
+    pretrained = _pretrained_dir(recipe, ctx, s, host)
+    tokenizer = _tokenizer(recipe, data, ctx, s, pretrained)
+    vlm = _build_model(recipe, parts, tokenizer, ctx, s, host, pretrained)
     training = _training_data(recipe, vlm, tokenizer, parts, data, s)
     evaluation = _evaluation(recipe, vlm, tokenizer, parts, data, training, s, host)
     metrics: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(s.run_dir), "train_samples": len(training.dataset)}
@@ -189,10 +190,41 @@ def _load_data(recipe: ResolvedRecipe, ctx: BuildContext) -> Data:
     return Data(train=_concat(train_sets), eval_sets=eval_sets)
 
 
-def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session) -> Any:
+def _pretrained_dir(recipe: ResolvedRecipe, ctx: BuildContext, s: Session, host: Any) -> Path | None:
+    """The saved vlmplug model the run starts from: ``model:`` itself, or a foreign checkpoint
+    converted once (by the main process) into ``imported/`` in the run directory."""
+    found = recipe.pretrained
+    if not found:
+        return None
+    if found["format"] == "vlmplug":
+        return Path(found["model"])
+    target = s.run_dir / "imported"
+    if s.is_main and not (target / "vlmplug_model.json").is_file():
+        from .trainer import save_atomically
+
+        s.say(f"  importing {found['model']} ({found['format']}) into {target}")
+
+        def write(tmp: Path) -> None:
+            if not host.import_model(model=found["model"], format=found["format"], out_dir=str(tmp),
+                                     hub_kwargs=ctx.hub_kwargs):
+                raise ConfigError(f"model: no plugin imports the {found['format']} format", header="import")
+
+        save_atomically(target, write)
+    s.wait()
+    return target
+
+
+def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session, pretrained: Path | None) -> Any:
     """The LLM's tokenizer (with the image token), or for a preset LLM a small BPE trained on the
     run's own texts -- trained once, by the main process, and shared through the run directory."""
     core = recipe.core
+    if pretrained is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(pretrained / "tokenizer")
+        if core.get("chat_template"):
+            tokenizer.chat_template = core["chat_template"]
+        return tokenizer
     if core.get("tokenizer") is not None or core["model"] not in PRESETS:
         return load_tokenizer(core.get("tokenizer") or core["model"], core["image_token"], ctx.hub_kwargs,
                               core.get("chat_template"))
@@ -213,9 +245,12 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
 
 
 def _build_model(recipe: ResolvedRecipe, parts: Parts, tokenizer: Any, ctx: BuildContext, s: Session,
-                 host: Any) -> Any:
-    vlm = assemble_model(single=recipe.single, fusion=parts.fusion, tokenizer=tokenizer, core=recipe.core, ctx=ctx,
-                         load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]))
+                 host: Any, pretrained: Path | None) -> Any:
+    if pretrained is None:
+        vlm = assemble_model(single=recipe.single, fusion=parts.fusion, tokenizer=tokenizer, core=recipe.core,
+                             ctx=ctx, load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]))
+    else:
+        vlm = _load_pretrained(recipe, pretrained, host)
     vlm = parts.peft.apply(vlm)
     for comp in parts.stack:
         vlm = comp.patch_model(vlm)
@@ -223,6 +258,26 @@ def _build_model(recipe: ResolvedRecipe, parts: Parts, tokenizer: Any, ctx: Buil
     s.say(f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
           f"({100 * trainable / max(total, 1):.1f}%), {vlm.tokens_per_image} tokens/image")
     host.notify("on_model_built", model=vlm, recipe=recipe)
+    return vlm
+
+
+def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any) -> Any:
+    """The saved model, adapters merged, ready for the recipe's PEFT method; it will be saved
+    self-contained (tower and base LLM included), since its weights are no hub checkpoint's."""
+    from .assemble import model_manifest
+    from .model_io import load, selections_from_manifest
+
+    vlm = load(pretrained, host=host).train()
+    if vlm.peft_method is not None:
+        vlm = vlm.peft_method.merge(vlm)
+    vlm.peft_method = None
+    saved = vlm.manifest
+    single = {**selections_from_manifest({k: v for k, v in saved["components"].items() if k != "peft"},
+                                         host.registry, str(pretrained)), "peft": recipe.single["peft"]}
+    core = {**saved["core"], "max_seq_length": recipe.core["max_seq_length"],
+            "chat_template": recipe.core.get("chat_template")}
+    vlm.manifest = {**model_manifest(single, core, True, vlm.tokens_per_image), "save_vision_encoder": True,
+                    "initialised_from": str(recipe.pretrained["model"]) if recipe.pretrained else str(pretrained)}
     return vlm
 
 

@@ -123,7 +123,8 @@ class VisionLanguageModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         enc = self.vision_encoder
         parts: dict[str, str] = {"connector": "connector.safetensors"}
-        if getattr(enc, "weights_source", None) is None or any(p.requires_grad for p in enc.parameters()):
+        if (getattr(enc, "weights_source", None) is None or self.manifest.get("save_vision_encoder")
+                or any(p.requires_grad for p in enc.parameters())):
             save_file(unique_tensors(enc.state_dict()), str(directory / "vision_encoder.safetensors"),
                       metadata={"format": "pt"})
             parts["vision_encoder"] = "vision_encoder.safetensors"

@@ -26,7 +26,7 @@ class LoraMethod:
         from peft import LoraConfig, get_peft_model
 
         c = self.config
-        if vlm.manifest.get("llm_preset"):  # keep the random-init base so the adapter can be reloaded
+        if vlm.manifest.get("save_llm_base"):  # a base no hub id reproduces (random init, a pretrained VLM's)
             self._base_state = {k: v.detach().clone() for k, v in vlm.llm.state_dict().items()}
         for p in vlm.parameters():
             p.requires_grad_(False)

@@ -1,10 +1,6 @@
-"""Shared tiny fixtures for the built-in plugin tests.
-
-Everything is built from configs with random weights (nothing is downloaded): a CLIP tower at
-32 px with 8 px patches (16 patch tokens of width 32), a 1-layer Llama of width 32 and a byte-level
-BPE tokenizer trained on a handful of sentences. Components are built the way ``run.py`` builds
-them: ``spec.load_factory()(spec.make_config(options), ctx, ...)``.
-"""
+"""Short fixture names for the built-in plugin tests, on the tiny builders of ``vlmplug.testing``
+(the same ones plugin authors get): a CLIP tower at 32 px with 8 px patches (16 patch tokens of
+width 32), a 1-layer Llama of width 32 and a small BPE tokenizer. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -15,140 +11,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-
-from vlmplug.train.hardware import Hardware  # noqa: E402
-from vlmplug.train.run import BuildContext  # noqa: E402
-
-IMAGE_TOKEN = "<image>"
-TINY_TEXTS = [
-    "What color is the shape?", "Which color does the shape have?", "What shape is this?",
-    "How many shapes are there?", "Is there a red shape?", "Does the image contain a circle?",
-    "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "yes", "no",
-    "1", "2", "3", "You are a helpful assistant.", "Describe the image in one word.",
-]
-
-# tiny sizes used throughout
-CLIP_OPTIONS = dict(model="tiny", tiny_image_size=32, tiny_patch_size=8, tiny_hidden_size=32,
-                    tiny_layers=2, tiny_heads=2)
-LLM_OVERRIDES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     num_key_value_heads=2, max_position_embeddings=256)
-
-
-def make_ctx(on_bad_sample: str = "error", hardware: Hardware | None = None) -> BuildContext:
-    return BuildContext(recipe=None, torch_dtype=torch.float32, hub_kwargs={}, on_bad_sample=on_bad_sample,
-                        hardware=hardware or Hardware(False, "cpu", False, False))
-
-
-def build(spec: Any, ctx: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """Build a component from its spec, as run.build_component does."""
-    return spec.load_factory()(spec.make_config(options or {}), ctx, **kwargs)
-
-
-def make_clip(ctx: Any, seed: int = 0, **options: Any) -> Any:
-    from vlmplug.plugins.encoders.clip import SPEC
-
-    torch.manual_seed(seed)
-    return build(SPEC, ctx, {**CLIP_OPTIONS, **options})
-
-
-def make_llm(tokenizer: Any, seed: int = 0, **overrides: Any) -> Any:
-    from vlmplug.train.llm import load_llm
-
-    torch.manual_seed(seed)
-    llm, from_preset = load_llm("tiny-llama", tokenizer, dtype=torch.float32,
-                                overrides={**LLM_OVERRIDES, **overrides}, load_kwargs={}, hub_kwargs={},
-                                attn_implementation="eager")
-    assert from_preset
-    return llm
-
-
-def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: str = "mlp",
-             connector_options: dict[str, Any] | None = None) -> Any:
-    """tiny CLIP -> connector -> interleaved fusion into the tiny Llama (no PEFT applied yet)."""
-    from vlmplug.plugins.connectors import linear, mlp
-    from vlmplug.plugins.fusion.interleaved import SPEC as FUSION
-
-    tower = make_clip(ctx, seed=seed)
-    llm = make_llm(tokenizer, seed=seed + 1)
-    hidden = llm.get_input_embeddings().weight.shape[1]
-    spec = {"mlp": mlp.SPEC, "linear": linear.SPEC}[connector]
-    torch.manual_seed(seed + 2)
-    conn = build(spec, ctx, connector_options, in_dim=tower.hidden_size, out_dim=hidden,
-                 num_input_tokens=tower.num_patches)
-    fusion = build(FUSION, ctx)
-    vlm = fusion.build(llm=llm, vision_encoder=tower, connector=conn,
-                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    vlm.manifest = {"components": {}, "llm_preset": "tiny-llama", "model": "tiny-llama"}
-    vlm.fusion = fusion
-    return vlm
-
-
-def make_batch(vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1, 1), text_len: int = 5,
-               seed: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded rows of ``[text, <image> x T, ..., text]``: random ordinary-token ids (never a
-    special token or the image token), random pixels, labels on the text only."""
-    g = torch.Generator().manual_seed(seed)
-    t = vlm.connector.num_tokens
-    from vlmplug.train.llm import TINY_SPECIALS
-
-    first_ordinary = len(TINY_SPECIALS) + 1  # the tiny vocab starts with its specials and the image token
-    assert vlm.image_token_id < first_ordinary
-    rows = []
-    for n in n_images_per_row:
-        ids: list[int] = []
-        for _ in range(n):
-            ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
-            ids += [vlm.image_token_id] * t
-        ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for r, row in enumerate(rows):
-        input_ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    size = vlm.vision_encoder.image_size
-    pixel_values = torch.randn(sum(n_images_per_row), 3, size, size, generator=g)
-    labels = input_ids.clone()
-    labels[(input_ids == vlm.image_token_id) | (mask == 0)] = -100
-    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values, "labels": labels}
+from vlmplug.testing import tiny as _tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tokenizer() -> Any:
-    from vlmplug.train.llm import build_tiny_tokenizer
-
-    return build_tiny_tokenizer(TINY_TEXTS, IMAGE_TOKEN, vocab_size=300)
+def tokenizer(tiny_tokenizer: Any) -> Any:
+    return tiny_tokenizer
 
 
 @pytest.fixture
-def ctx() -> BuildContext:
-    return make_ctx()
+def ctx() -> Any:
+    return _tiny.make_ctx()
 
 
 @pytest.fixture
-def clip_tower(ctx: BuildContext) -> Any:
-    return make_clip(ctx)
+def clip_tower(ctx: Any) -> Any:
+    return _tiny.make_clip(ctx)
 
 
 @pytest.fixture
 def tiny_llm(tokenizer: Any) -> Any:
-    return make_llm(tokenizer)
+    return _tiny.make_llm(tokenizer)
 
 
 @pytest.fixture
-def vlm(tokenizer: Any, ctx: BuildContext) -> Any:
-    return make_vlm(tokenizer, ctx)
-
-
-@pytest.fixture(scope="session")
-def tiny() -> Any:
-    """The builders above, for tests that need fresh or differently-configured parts
-    (test modules do not import conftest directly)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(make_ctx=make_ctx, build=build, make_clip=make_clip, make_llm=make_llm,
-                           make_vlm=make_vlm, make_batch=make_batch, IMAGE_TOKEN=IMAGE_TOKEN,
-                           CLIP_OPTIONS=CLIP_OPTIONS)
+def vlm(tokenizer: Any, ctx: Any) -> Any:
+    return _tiny.make_vlm(tokenizer, ctx)

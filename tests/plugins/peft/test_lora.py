@@ -125,7 +125,7 @@ def test_save_llm_layout(tiny, tokenizer, ctx, vlm, tmp_path):
 
 
 def test_no_llm_base_for_a_hub_llm(tiny, ctx, vlm, tmp_path):
-    vlm.manifest = {**vlm.manifest, "llm_preset": None}  # as run.py sets it for a hub / local LLM
+    vlm.manifest = {**vlm.manifest, "save_llm_base": False}  # as for a hub / local LLM
     method = _apply(tiny, ctx, vlm)
     assert method.save_llm(vlm, tmp_path) == {"adapter": "adapter"}
     assert not (tmp_path / "llm_base").exists()

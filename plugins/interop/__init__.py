@@ -1,0 +1,1 @@
+"""Built-in model-format plugins: export to and import from other checkpoint layouts."""
