@@ -72,6 +72,9 @@ class ComponentSpec:
         for full fine-tuning; checked only when the recipe sets the key.
     :param planned: a roadmap placeholder, not a component: names and keys that a later release (or
         an installed plugin) provides. A real component of the same name replaces it.
+    :param test_options: options that build a tiny, offline instance for the conformance kit
+        (``vlmplug.testing.check_component``); ``"{messages_jsonl}"`` and ``"{tmp}"`` in a string value
+        become a small canonical JSONL file the kit writes, and a temporary directory.
     :param family: set by the registry from the hook that registered the spec.
     """
 
@@ -88,6 +91,7 @@ class ComponentSpec:
     default_when: Mapping[str, Any] | None = None
     contradicts: Mapping[str, Any] = field(default_factory=dict)
     planned: bool = False
+    test_options: Mapping[str, Any] = field(default_factory=dict)
     since: str = "0.1"
     family: str = ""
     provider: str = "built-in"

@@ -74,7 +74,8 @@ def make_connector(spec: Any, ctx: Any, tower: Any, llm: Any, options: dict[str,
 
 
 def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
-             connector_options: dict[str, Any] | None = None, fusion: Any = None) -> Any:
+             connector_options: dict[str, Any] | None = None, fusion: Any = None,
+             fusion_options: dict[str, Any] | None = None) -> Any:
     """tiny CLIP -> connector -> fusion (default interleaved) into the tiny Llama; no PEFT applied yet.
 
     ``connector`` and ``fusion`` are component specs or built-in names."""
@@ -88,10 +89,11 @@ def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
     tower = make_clip(ctx, seed=seed)
     llm = make_llm(tokenizer, seed=seed + 1)
     conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2)
-    fusion_obj = build(fusion_spec, ctx)
+    fusion_obj = build(fusion_spec, ctx, fusion_options)
     vlm = fusion_obj.build(llm=llm, vision_encoder=tower, connector=conn,
                            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     vlm.manifest = {"components": {}, "save_llm_base": True, "model": "tiny-llama"}
+    vlm.tokenizer = tokenizer
     vlm.fusion = fusion_obj
     vlm.tokens_per_image = fusion_obj.placeholder_tokens(conn)
     return vlm

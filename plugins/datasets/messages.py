@@ -35,6 +35,7 @@ SPEC = ComponentSpec(
     summary="Conversations as {messages, images} records in JSON or JSONL (the guide's format)",
     factory="vlmplug.plugins.datasets._messages:build",
     config=MessagesConfig,
+    test_options={"path": "{messages_jsonl}"},
 )
 
 

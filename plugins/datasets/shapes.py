@@ -57,6 +57,7 @@ SPEC = ComponentSpec(
     summary="Synthetic coloured-shapes VQA (colour, shape, count, yes/no presence), seeded",
     factory="vlmplug.plugins.datasets._shapes:build",
     config=ShapesConfig,
+    test_options={"num_samples": 12, "image_size": 32},
 )
 
 

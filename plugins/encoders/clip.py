@@ -37,6 +37,8 @@ SPEC = ComponentSpec(
     summary="CLIP ViT vision tower (LLaVA's encoder); hub id, local path or tiny preset",
     factory="vlmplug.plugins.encoders._clip:build",
     config=ClipConfig,
+    test_options={"model": "tiny", "tiny_image_size": 32, "tiny_patch_size": 8, "tiny_hidden_size": 32,
+                  "tiny_layers": 2, "tiny_heads": 2},
 )
 
 

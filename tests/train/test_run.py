@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from vlmplug import hookimpl
 from vlmplug.errors import DataError, HardwareError
 from vlmplug.manager import load
 from vlmplug.recipe import parse_set, resolve
@@ -166,3 +168,147 @@ def test_model_config_typo_is_an_error(tmp_path: Path) -> None:
     data = {**TINY, "model_config": {"hidden_sise": 64}}
     with pytest.raises(ConfigError, match="model_config.hidden_sise: not a field of LlamaConfig.*'hidden_size'"):
         run(data, tmp_path)
+
+
+def _truncated_jpeg(path: Path) -> None:
+    """A JPEG whose header parses (the up-front check passes) but whose data is cut off."""
+    import io
+
+    import numpy as np
+
+    noise = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def _rows_with_truncated(tmp_path: Path, n_good: int = 6) -> Path:
+    d = tmp_path / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(d / "red.png")
+    _truncated_jpeg(d / "cut.jpg")
+    row = {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
+           "images": ["red.png"]}
+    rows = [row] * n_good + [{**row, "images": ["cut.jpg"]}]
+    path = d / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_image_that_fails_only_when_decoded_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = _rows_with_truncated(tmp_path)
+    with Image.open(path.parent / "cut.jpg") as im:
+        im.size  # noqa: B018 - the header is fine: only decoding fails
+    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "on_bad_sample": "skip",
+            "max_steps": 3, "per_device_train_batch_size": 7}
+    result = run(data, tmp_path)
+    assert result.metrics["train"]["steps"] == 3
+    assert result.metrics["train_samples"] == 7  # it passed the up-front checks
+    skipped = result.metrics["skipped"]["train"]
+    assert skipped["reasons"]["unreadable-image"]["count"] == 1  # met in every step, counted once
+    assert skipped["reasons"]["unreadable-image"]["first"] == [f"{path}:7"]
+
+
+def test_image_that_fails_only_when_decoded_stops_the_run_naming_the_row(tmp_path: Path) -> None:
+    from vlmplug.errors import DataError
+
+    path = _rows_with_truncated(tmp_path)
+    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "max_steps": 2,
+            "per_device_train_batch_size": 7}
+    with pytest.raises(DataError, match=rf"{path}:7: cannot read image .*cut\.jpg"):
+        run(data, tmp_path)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed"
+
+
+def test_bad_eval_rows_follow_the_same_policy(tmp_path: Path) -> None:
+    from vlmplug.errors import DataError
+
+    path = _rows_with_truncated(tmp_path, n_good=3)
+    base = {**TINY, "eval_datasets": [{"path": str(path)}], "max_steps": 1, "eval_before_training": False}
+    result = run({**base, "on_bad_sample": "skip"}, tmp_path)
+    assert result.metrics["after"]["messages"]["vqa"]["count"] == 3
+    assert result.metrics["skipped"]["eval"]["reasons"]["unreadable-image"]["first"] == [f"{path}:4"]
+    with pytest.raises(DataError, match=rf"{path}:4: cannot read image"):
+        run(base, tmp_path / "again")
+
+
+class CiderOnly:
+    """A third-party evaluator whose metrics share no name with the built-ins."""
+
+    primary_metric = "cider"
+
+    def prompt(self, sample: dict) -> list:
+        return sample["messages"][:-1]
+
+    def references(self, sample: dict) -> dict:
+        return {"refs": [sample["messages"][-1]["content"]]}
+
+    def parse(self, text: str) -> str:
+        return text.strip()
+
+    def score(self, records: list) -> tuple:
+        hits = [float(r["prediction"] in r["refs"]) for r in records]
+        return {"cider": sum(hits) / len(hits)}, hits
+
+    def baselines(self, train: list, records: list) -> dict:
+        return {}
+
+
+class CiderPlugin:
+    @hookimpl
+    def register_evaluators(self, register: Any) -> None:
+        from vlmplug import ComponentSpec
+
+        register(ComponentSpec(name="cider-only", summary="test", factory=f"{__name__}:build_cider"))
+
+
+def build_cider(config: Any, ctx: Any) -> CiderOnly:
+    return CiderOnly()
+
+
+def test_an_evaluator_with_its_own_metrics_works_end_to_end(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from vlmplug.train.run import run as run_training
+
+    host = load(autoload=False, extra_plugins=[(CiderPlugin(), "cider-plugin")])
+    recipe = resolve({**TINY, "evaluators": ["cider-only"], "eval_every_steps": 2}, host.registry, host=host)
+    result = run_training(recipe, host, output_dir=str(tmp_path / "run"), console=Console(quiet=True))
+    m = result.metrics
+    assert set(m["after"]["shapes"]["cider-only"]) == {"cider"}
+    assert m["primary"]["metric"] == "shapes/cider-only/cider"
+    assert [p["step"] for p in m["curve"]] == [2, 4]
+    assert m["curve"][-1]["metrics"] == m["after"]["shapes"]  # the last point is the final evaluation
+    assert "baselines" in m and m["baselines"] == {}
+
+
+def test_curve_is_skipped_past_max_steps_and_respects_eval_max_samples(tmp_path: Path) -> None:
+    result = run({**TINY, "eval_every_steps": 100, "eval_max_samples": 3}, tmp_path)
+    m = result.metrics
+    assert [p["step"] for p in m["curve"]] == [4]  # only the final evaluation, no extra pass
+    assert m["curve"][0]["metrics"] == m["after"]["shapes"] and m["curve"][0]["samples"] == 3
+    assert m["after"]["shapes"]["vqa"]["count"] == 3
+    short = run({**TINY, "eval_every_steps": 2, "eval_max_samples": 3, "eval_curve_samples": 50},
+                tmp_path / "b").metrics
+    assert [(p["step"], p["samples"]) for p in short["curve"]] == [(2, 3), (4, 3)]
+
+
+def test_a_crash_after_training_still_writes_metrics(tmp_path: Path) -> None:
+    class Boom:
+        @hookimpl
+        def on_checkpoint_saved(self, path: str) -> None:
+            raise RuntimeError("disk full")
+
+    from rich.console import Console
+
+    from vlmplug.errors import PluginError
+    from vlmplug.train.run import run as run_training
+
+    host = load(autoload=False, extra_plugins=[(Boom(), "boom")])
+    recipe = resolve(TINY, host.registry, host=host)
+    with pytest.raises(PluginError, match="disk full"):
+        run_training(recipe, host, output_dir=str(tmp_path / "run"), console=Console(quiet=True))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["train"]["steps"] == 4
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
