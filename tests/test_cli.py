@@ -367,3 +367,80 @@ def test_startup_guard_commands_really_ran(guard_runs: dict) -> None:
     assert '"accuracy"' in guard_runs["score"][1]
     assert '"components"' in guard_runs["config --plugins --json"][1]
     assert "Usage:" in guard_runs["--help"][1]
+
+
+# -- numbers, encodings, output directories ---------------------------------------------------------
+
+
+def test_config_rejects_every_bad_number_at_once() -> None:
+    res = invoke("config", "--set", "learning_rate=0", "--set", "per_device_train_batch_size=0",
+                 "--set", "max_steps=-1", "--set", "eval_batch_size=0", "--set", "gradient_accumulation_steps=0")
+    assert res.exit_code == 2
+    out = flat(res.output)
+    assert "(5 problems)" in out
+    for line in ("--set learning_rate: must be > 0, got 0",
+                 "--set per_device_train_batch_size: must be >= 1, got 0",
+                 "--set max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs",
+                 "--set eval_batch_size: must be >= 1, got 0",
+                 "--set gradient_accumulation_steps: must be >= 1, got 0"):
+        assert line in out, line
+
+
+def test_non_utf8_recipe_names_file_and_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"name: x\nmodel: tiny-llama\ndescription: caf\xe9\n")
+    res = invoke("config", str(recipe))
+    assert res.exit_code == 2
+    assert f"{recipe}:3: the recipe is not UTF-8 text (byte 0xe9 at offset" in flat(res.output)
+
+
+def test_non_utf8_data_and_predictions_name_file_and_line(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b'{"messages": []}\n{"messages": "\xff"}\n')
+    res = invoke("config", "--set", f"datasets=[{{path: {data}}}]")
+    assert res.exit_code == 2
+    assert f"{data}:2: the dataset is not UTF-8 text" in flat(res.output)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_bytes(b'{"prediction": "a", "answers": ["a"]}\n\xff\n')
+    res = invoke("score", "-e", "vqa", str(preds))
+    assert res.exit_code == 1
+    assert f"{preds}:2: the predictions file is not UTF-8 text" in flat(res.output)
+
+
+def test_train_into_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.write_text("x")
+    res = invoke("train", "--output-dir", str(target))
+    assert res.exit_code == 2
+    assert flat(res.output) == f"error: --output-dir {target} is a file; choose a directory"  # one line, wrapped
+
+
+def test_export_unknown_format_lists_the_formats(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    res = invoke("export", str(run), "--format", "llava", "--out", str(tmp_path / "out"))
+    assert res.exit_code == 2
+    assert "--format llava: unknown format (did you mean 'llava-hf'?); available: merged, llava-hf" in flat(res.output)
+
+
+def test_library_warnings_stay_off_the_console_and_go_to_the_log(tmp_path: Path) -> None:
+    """A LoRA run on tied embeddings makes peft warn; the user sees vlmplug's output only, and the
+    warning is kept in train.log."""
+    import os
+
+    import yaml
+
+    from vlmplug.testing import TINY_RECIPE
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "max_steps": 1, "eval_before_training": False,
+                                      "lora_modules_to_save": ["lm_head"]}))
+    env = {**os.environ, "VLMPLUG_LOAD_PLUGINS": "", "PYTHONWARNINGS": ""}
+    out = subprocess.run([sys.executable, "-m", "vlmplug", "train", str(recipe), "--plugins", "lora",
+                          "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    assert "Warning" not in console and "warn(" not in console, console[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert any(e["logger"] == "py.warnings" for e in log), "no library warning reached the log"
