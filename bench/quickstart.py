@@ -41,8 +41,11 @@ def main() -> None:
     args = ap.parse_args()
     exe = [sys.executable, "-m", "vlmplug"]
     result: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}
-    result["cli_seconds"] = {"list": timed([*exe, "list"]), "help": timed([*exe, "--help"]),
-                             "config": timed([*exe, "config"])}
+    result["cli_seconds"] = {
+        "list": timed([*exe, "list"]),
+        "help": timed([*exe, "--help"]),
+        "config": timed([*exe, "config"]),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [*exe, "train", "--output-dir", str(run_dir)]
@@ -55,14 +58,20 @@ def main() -> None:
     after, before = metrics["after"], metrics.get("before", {})
     result.update(
         overrides=args.set,
-        accuracy_before=before.get("accuracy"), accuracy_after=after["accuracy"],
-        per_type_after=after.get("per_type"), yes_ratio_after=after.get("yes_ratio"),
-        blank_image_accuracy_after=after.get("blank_image_accuracy"), prior_accuracy=metrics.get("prior_accuracy"),
-        train=metrics["train"], curve=metrics.get("curve"), run_wall_seconds=metrics.get("wall_time_s"),
+        accuracy_before=before.get("accuracy"),
+        accuracy_after=after["accuracy"],
+        per_type_after=after.get("per_type"),
+        yes_ratio_after=after.get("yes_ratio"),
+        blank_image_accuracy_after=after.get("blank_image_accuracy"),
+        prior_accuracy=metrics.get("prior_accuracy"),
+        train=metrics["train"],
+        curve=metrics.get("curve"),
+        run_wall_seconds=metrics.get("wall_time_s"),
     )
     result["targets"] = {
         "accuracy>=0.90": after["accuracy"] >= 0.90,
-        "train_seconds<=300": metrics["train"]["wall_time_s"] - metrics["train"].get("eval_seconds_during_training", 0) <= 300,
+        "train_seconds<=300": metrics["train"]["wall_time_s"] - metrics["train"].get("eval_seconds_during_training", 0)
+        <= 300,
         "yes_ratio in [0.4,0.6]": 0.4 <= (after.get("yes_ratio") or 0) <= 0.6,
         "blank <= prior+0.10": (after.get("blank_image_accuracy") or 0) <= (metrics.get("prior_accuracy") or 0) + 0.10,
     }

@@ -68,23 +68,40 @@ def cli(debug: bool) -> None:
 
 # -- list / info / recipes ----------------------------------------------------------------------------
 
+
 def _component_rows(host: Any) -> list[dict[str, Any]]:
     from . import deps
 
     rows = []
     for spec in host.registry:
         missing = deps.missing_extras(spec)
-        row: dict[str, Any] = {"name": spec.name, "family": spec.family, "summary": spec.summary,
-                               "provider": spec.provider, "version": spec.version, "plugin": spec.plugin,
-                               "status": "missing-extra" if missing else "ok"}
+        row: dict[str, Any] = {
+            "name": spec.name,
+            "family": spec.family,
+            "summary": spec.summary,
+            "provider": spec.provider,
+            "version": spec.version,
+            "plugin": spec.plugin,
+            "status": "missing-extra" if missing else "ok",
+        }
         if missing:
             row["extra"] = ",".join(sorted(set(missing.values())))
             row["missing"] = sorted(missing)
             row["install"] = deps.install_hint(missing.values())
         rows.append(row)
     for info in host.broken:
-        rows.append({"name": info.name, "family": None, "summary": "", "provider": info.provider,
-                     "version": info.version, "plugin": info.name, "status": "broken", "error": info.error})
+        rows.append(
+            {
+                "name": info.name,
+                "family": None,
+                "summary": "",
+                "provider": info.provider,
+                "version": info.version,
+                "plugin": info.name,
+                "status": "broken",
+                "error": info.error,
+            }
+        )
     return rows
 
 
@@ -107,10 +124,18 @@ def list_cmd(family: str | None, as_json: bool) -> None:
     for col in ("family", "name", "summary", "provider", "status"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        status = {"ok": "[green]ok[/]", "broken": f"[red]broken[/]: {escape(r.get('error') or '')}",
-                  "missing-extra": f"[yellow]missing extra[/] {escape('[' + str(r.get('extra')) + ']')}"}[r["status"]]
-        table.add_row(FAMILY_TITLES.get(r["family"] or "", "?"), escape(r["name"]), escape(r["summary"]),
-                      escape(r["provider"]), status)
+        status = {
+            "ok": "[green]ok[/]",
+            "broken": f"[red]broken[/]: {escape(r.get('error') or '')}",
+            "missing-extra": f"[yellow]missing extra[/] {escape('[' + str(r.get('extra')) + ']')}",
+        }[r["status"]]
+        table.add_row(
+            FAMILY_TITLES.get(r["family"] or "", "?"),
+            escape(r["name"]),
+            escape(r["summary"]),
+            escape(r["provider"]),
+            status,
+        )
     _console().print(table)
     third = sorted({r["provider"] for r in rows if r["provider"] != "built-in"})
     if third:
@@ -141,19 +166,37 @@ def info(name: str, as_json: bool) -> None:
     for f in config_fields(spec.config).values():
         if f.default is not dataclasses.MISSING:
             default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
             default = None
-        options.append({"name": f.name, "type": describe_type(hints.get(f.name)), "default": default,
-                        "help": f.metadata.get("help", "")})
+        options.append(
+            {
+                "name": f.name,
+                "type": describe_type(hints.get(f.name)),
+                "default": default,
+                "help": f.metadata.get("help", ""),
+            }
+        )
     missing = deps.missing_extras(spec)
-    data = {"name": spec.name, "family": spec.family, "summary": spec.summary, "provider": spec.provider,
-            "version": spec.version, "plugin": spec.plugin, "factory": spec.factory, "options": options,
-            "flat_keys": list(spec.flat_keys), "activated_by": dict(spec.activated_by),
-            "aliases": list(spec.aliases), "requires": list(spec.requires), "conflicts": list(spec.conflicts),
-            "extras": dict(spec.extras), "missing": sorted(missing),
-            "install": deps.install_hint(missing.values()) if missing else None}
+    data = {
+        "name": spec.name,
+        "family": spec.family,
+        "summary": spec.summary,
+        "provider": spec.provider,
+        "version": spec.version,
+        "plugin": spec.plugin,
+        "factory": spec.factory,
+        "options": options,
+        "flat_keys": list(spec.flat_keys),
+        "activated_by": dict(spec.activated_by),
+        "aliases": list(spec.aliases),
+        "requires": list(spec.requires),
+        "conflicts": list(spec.conflicts),
+        "extras": dict(spec.extras),
+        "missing": sorted(missing),
+        "install": deps.install_hint(missing.values()) if missing else None,
+    }
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -166,7 +209,9 @@ def info(name: str, as_json: bool) -> None:
     if spec.aliases:
         con.print(f"aliases: {', '.join(spec.aliases)}")
     if spec.activated_by:
-        con.print("selected by recipe keys: " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.activated_by.items()))
+        con.print(
+            "selected by recipe keys: " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.activated_by.items())
+        )
     if spec.requires or spec.conflicts:
         con.print(f"requires: {', '.join(spec.requires) or '-'}; conflicts: {', '.join(spec.conflicts) or '-'}")
     if options:
@@ -175,8 +220,12 @@ def info(name: str, as_json: bool) -> None:
             table.add_column(col, overflow="fold")
         for o in options:
             flat = " (top-level key)" if o["name"] in spec.flat_keys else ""
-            table.add_row(escape(o["name"] + flat), escape(o["type"]), escape(json.dumps(o["default"], default=str)),
-                          escape(o["help"]))
+            table.add_row(
+                escape(o["name"] + flat),
+                escape(o["type"]),
+                escape(json.dumps(o["default"], default=str)),
+                escape(o["help"]),
+            )
         con.print(table)
     else:
         con.print("options: none")
@@ -211,10 +260,21 @@ def recipes(as_json: bool) -> None:
 # -- config / train ---------------------------------------------------------------------------------
 
 _recipe_arg = click.argument("recipe", required=False)
-_plugins_opt = click.option("--plugins", "-p", "plugins", default="",
-                            help="Comma-separated component names, e.g. --plugins lora,gradient-checkpointing.")
-_set_opt = click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
-                        help="Override a value: a recipe key, COMPONENT.OPTION or FAMILY.OPTION (repeatable).")
+_plugins_opt = click.option(
+    "--plugins",
+    "-p",
+    "plugins",
+    default="",
+    help="Comma-separated component names, e.g. --plugins lora,gradient-checkpointing.",
+)
+_set_opt = click.option(
+    "--set",
+    "-s",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a value: a recipe key, COMPONENT.OPTION or FAMILY.OPTION (repeatable).",
+)
 
 
 def _resolve(recipe: str | None, plugins: str, sets: tuple[str, ...], host: Any = None) -> Any:
@@ -282,6 +342,7 @@ def train(recipe: str | None, plugins: str, sets: tuple[str, ...], output_dir: s
 
 # -- score ---------------------------------------------------------------------------------------------
 
+
 @cli.command()
 @click.option("--evaluator", "-e", "evaluator_name", required=True, help="Evaluator component, e.g. vqa.")
 @click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
@@ -296,8 +357,10 @@ def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json
     host = _host()
     spec = host.registry.get(evaluator_name)
     if spec is None or spec.family != "evaluator":
-        raise ConfigError(_Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"),
-                          header="unknown evaluator")
+        raise ConfigError(
+            _Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"),
+            header="unknown evaluator",
+        )
     evaluator = spec.load_factory()(spec.default_config(), None)
     from .errors import read_text
 
@@ -344,11 +407,17 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # -- export ----------------------------------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", default="merged", show_default=True,
-              help="merged: vlmplug's own format with adapters folded in; other formats come from plugins "
-                   "(llava-hf: loads with plain transformers).")
+@click.option(
+    "--format",
+    "fmt",
+    default="merged",
+    show_default=True,
+    help="merged: vlmplug's own format with adapters folded in; other formats come from plugins "
+    "(llava-hf: loads with plain transformers).",
+)
 @click.option("--out", "out", required=True, type=click.Path(), help="Directory to write (must not exist or be empty).")
 @handle_errors
 def export(run_dir: str, fmt: str, out: str) -> None:

@@ -68,8 +68,7 @@ class VisionEncoder(Protocol):
         """RGB PIL images -> ``pixel_values`` ``float32 [B, 3, S, S]`` (resize, crop, normalise)."""
         ...
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        ...
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -83,8 +82,7 @@ class Connector(Protocol):
     #: T, the token budget per image (LLM positions each image occupies).
     num_tokens: int
 
-    def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        ...
+    def __call__(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -112,12 +110,15 @@ class VisionLanguageModelContract(Protocol):
     #: Must be ``True``: read by transformers' Trainer, which then passes ``num_items_in_batch``.
     accepts_loss_kwargs: bool
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        ...
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -129,9 +130,9 @@ class Fusion(Protocol):
         keep vision out of the text stream)."""
         ...
 
-    def build(self, *, llm: Any, vision_encoder: VisionEncoder, connector: Connector,
-              image_token_id: int) -> VisionLanguageModelContract:
-        ...
+    def build(
+        self, *, llm: Any, vision_encoder: VisionEncoder, connector: Connector, image_token_id: int
+    ) -> VisionLanguageModelContract: ...
 
 
 @runtime_checkable
@@ -175,31 +176,26 @@ class DatasetFormat(Protocol):
     #: :class:`~vlmplug.errors.DataError` objects (their ``reason`` groups the skip report).
     skipped: list[Any]
 
-    def __len__(self) -> int:
-        ...
+    def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        ...
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
 @runtime_checkable
 class OptimizerStack(Protocol):
     """Composable training tweaks, applied in recipe order (see :class:`OptimizerStackComponent`)."""
 
-    def model_load_kwargs(self) -> dict[str, Any]:
-        ...
+    def model_load_kwargs(self) -> dict[str, Any]: ...
 
-    def patch_model(self, vlm: Any) -> Any:
-        ...
+    def patch_model(self, vlm: Any) -> Any: ...
 
-    def wrap_collator(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Any:
-        ...
+    def wrap_collator(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Any: ...
 
-    def update_training_args(self, args: dict[str, Any], hardware: Any, note: Callable[[str], None]) -> dict[str, Any]:
-        ...
+    def update_training_args(
+        self, args: dict[str, Any], hardware: Any, note: Callable[[str], None]
+    ) -> dict[str, Any]: ...
 
-    def create_optimizer(self, model: Any, args: Any) -> Any:
-        ...
+    def create_optimizer(self, model: Any, args: Any) -> Any: ...
 
 
 class OptimizerStackComponent:
@@ -251,8 +247,9 @@ class Evaluator(Protocol):
         per record); ``metrics[primary_metric]`` is a float."""
         ...
 
-    def baselines(self, train: Sequence[Mapping[str, Any]],
-                  records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    def baselines(
+        self, train: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         """Reference points computed without the model, e.g. ``{"answer_prior": metrics}``."""
         ...
 
@@ -260,8 +257,9 @@ class Evaluator(Protocol):
 class EvaluatorBase:
     """Defaults for the optional evaluator members."""
 
-    def baselines(self, train: Sequence[Mapping[str, Any]],
-                  records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    def baselines(
+        self, train: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         return {}
 
 
@@ -295,12 +293,14 @@ CONTRACTS: dict[str, tuple[type, bool, tuple[Member, ...]]] = {
     "connector": (Connector, True, _members(Connector, True)),
     "fusion": (Fusion, False, _members(Fusion, False)),
     "peft": (PeftMethod, False, _members(PeftMethod, False)),
-    "dataset_format": (DatasetFormat, False, (Member("skipped", False), Member("__len__", True),
-                                              Member("__getitem__", True))),
+    "dataset_format": (
+        DatasetFormat,
+        False,
+        (Member("skipped", False), Member("__len__", True), Member("__getitem__", True)),
+    ),
     "optimizer_stack": (OptimizerStack, False, _members(OptimizerStack, False)),
     "evaluator": (Evaluator, False, _members(Evaluator, False)),
-    "model": (VisionLanguageModelContract, True,
-              (*_members(VisionLanguageModelContract, True),)),
+    "model": (VisionLanguageModelContract, True, (*_members(VisionLanguageModelContract, True),)),
 }
 
 
@@ -314,7 +314,9 @@ def missing_members(obj: Any, family: str) -> list[str]:
         if not isinstance(obj, torch.nn.Module):
             missing.append("torch.nn.Module (base class)")
     for member in members:
-        value = getattr(type(obj), member.name, None) if member.name.startswith("__") else getattr(obj, member.name, None)
+        value = (
+            getattr(type(obj), member.name, None) if member.name.startswith("__") else getattr(obj, member.name, None)
+        )
         if value is None and not hasattr(obj, member.name):
             missing.append(member.name)
         elif member.callable and not callable(value):
@@ -328,5 +330,7 @@ def check(obj: Any, family: str) -> None:
     """Raise ``TypeError`` naming every contract member ``obj`` lacks."""
     missing = missing_members(obj, family)
     if missing:
-        raise TypeError(f"{type(obj).__name__} does not fulfil the {family} contract "
-                        f"(vlmplug.contracts.{CONTRACTS[family][0].__name__}): missing {', '.join(missing)}")
+        raise TypeError(
+            f"{type(obj).__name__} does not fulfil the {family} contract "
+            f"(vlmplug.contracts.{CONTRACTS[family][0].__name__}): missing {', '.join(missing)}"
+        )

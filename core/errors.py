@@ -93,11 +93,18 @@ class SkipReport:
 
     def __init__(self) -> None:
         self.items: list[dict] = []
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: set[tuple[object, str]] = set()
 
     def add(self, error: DataError | dict) -> None:
-        item = error if isinstance(error, dict) else {"reason": getattr(error, "reason", "bad-sample"),
-                                                       "where": getattr(error, "where", None), "message": str(error)}
+        item = (
+            error
+            if isinstance(error, dict)
+            else {
+                "reason": getattr(error, "reason", "bad-sample"),
+                "where": getattr(error, "where", None),
+                "message": str(error),
+            }
+        )
         if item.get("where"):
             key = (item["reason"], str(item["where"]))
             if key in self._seen:
@@ -127,8 +134,10 @@ class SkipReport:
         return {"total": self.total, "reasons": self.reasons}
 
     def lines(self) -> list[str]:
-        return [f"{reason}: {e['count']} (first: {', '.join(map(str, e['first']))}) -- {e['example']}"
-                for reason, e in sorted(self.reasons.items(), key=lambda kv: -kv[1]["count"])]
+        return [
+            f"{reason}: {e['count']} (first: {', '.join(map(str, e['first']))}) -- {e['example']}"
+            for reason, e in sorted(self.reasons.items(), key=lambda kv: -kv[1]["count"])
+        ]
 
 
 class HardwareError(VlmplugError):
@@ -143,8 +152,10 @@ def read_text(path: str | os.PathLike[str], what: str = "file", error: type[Vlmp
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        message = (f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                   f"save it as UTF-8")
+        message = (
+            f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            f"save it as UTF-8"
+        )
         if error is None or error is ConfigError:
             raise ConfigError(message, header="encoding") from None
         if error is DataError:

@@ -34,8 +34,10 @@ def export_model(source: str | Path, fmt: str, out: str | Path, *, host: Any) ->
     if fmt not in formats:
         from .errors import did_you_mean
 
-        raise ConfigError(f"--format {fmt}: unknown format{did_you_mean(fmt, formats)}; available: {', '.join(formats)}",
-                          header="export")
+        raise ConfigError(
+            f"--format {fmt}: unknown format{did_you_mean(fmt, formats)}; available: {', '.join(formats)}",
+            header="export",
+        )
     out = Path(out)
     _check_out(out)
     from .train.model_io import load
@@ -46,8 +48,11 @@ def export_model(source: str | Path, fmt: str, out: str | Path, *, host: Any) ->
         peft = vlm.peft_method
         vlm = peft.merge(vlm) if peft is not None else vlm
         vlm.peft_method = None
-        vlm.manifest = {**vlm.manifest, "components": {k: v for k, v in vlm.manifest["components"].items() if k != "peft"},
-                        "merged_from": vlm.manifest["components"].get("peft", {}).get("name")}
+        vlm.manifest = {
+            **vlm.manifest,
+            "components": {k: v for k, v in vlm.manifest["components"].items() if k != "peft"},
+            "merged_from": vlm.manifest["components"].get("peft", {}).get("name"),
+        }
         vlm.manifest.pop("parts", None)
         vlm.manifest.pop("llm_files", None)
         save_atomically(out, vlm.save_pretrained)

@@ -10,7 +10,7 @@ field goes under ``training_args:`` and is validated when training starts.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 __all__ = ["CORE_KEYS", "TRAINING_KEYS", "TRAINING_ALIASES", "BOUNDS", "check_bounds"]
 
@@ -19,32 +19,44 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "name": (str, "run", "Run name; outputs go to runs/<name>/ unless output_dir is set."),
     "description": (str, "", "One line shown by `vlmplug recipes`."),
     "model": (str, None, "The LLM: a hub id, a local path, or the preset 'tiny-llama' (built from config)."),
-    "tokenizer": (Optional[str], None, "Tokenizer hub id or path (default: the model's)."),
+    "tokenizer": (str | None, None, "Tokenizer hub id or path (default: the model's)."),
     "model_config": (dict, {}, "Overrides for the LLM config, e.g. {hidden_size: 128} for a preset."),
     "trust_remote_code": (bool, False, "Allow model repos to run their own code. Off unless you set it."),
-    "dtype": (Literal["float32", "bfloat16", "float16", "auto"], "float32",
-              "dtype the LLM and vision tower are loaded in (mixed precision is separate)."),
-    "attn_implementation": (Literal["auto", "eager", "sdpa"], "auto",
-                            "Attention kernel of the LLM; 'auto' lets transformers choose (logged). Other "
-                            "values (flash_attention_2) select the component that provides them."),
-    "use_peft": (Optional[bool], None, "true: train adapters (default method lora); false: full fine-tuning."),
+    "dtype": (
+        Literal["float32", "bfloat16", "float16", "auto"],
+        "float32",
+        "dtype the LLM and vision tower are loaded in (mixed precision is separate).",
+    ),
+    "attn_implementation": (
+        Literal["auto", "eager", "sdpa"],
+        "auto",
+        "Attention kernel of the LLM; 'auto' lets transformers choose (logged). Other "
+        "values (flash_attention_2) select the component that provides them.",
+    ),
+    "use_peft": (bool | None, None, "true: train adapters (default method lora); false: full fine-tuning."),
     "max_seq_length": (int, 1024, "Longest tokenized sample (image tokens included)."),
     "image_token": (str, "<image>", "The image placeholder written in messages."),
-    "chat_template": (Optional[str], None, "A Jinja chat template overriding the tokenizer's."),
-    "on_bad_sample": (Literal["error", "skip"], "error",
-                      "Bad rows (missing images, wrong <image> counts, over-long): stop with an error, "
-                      "or skip them and report the count."),
-    "output_dir": (Optional[str], None, "Where the run is written (default runs/<name>)."),
+    "chat_template": (str | None, None, "A Jinja chat template overriding the tokenizer's."),
+    "on_bad_sample": (
+        Literal["error", "skip"],
+        "error",
+        "Bad rows (missing images, wrong <image> counts, over-long): stop with an error, "
+        "or skip them and report the count.",
+    ),
+    "output_dir": (str | None, None, "Where the run is written (default runs/<name>)."),
     "overwrite_output_dir": (bool, False, "Allow writing into a non-empty output_dir."),
-    "resume_from_checkpoint": (Optional[str], None, "A checkpoint dir to resume from, or 'last'."),
-    "num_threads": (Optional[int], None, "torch CPU threads (default: torch's choice)."),
+    "resume_from_checkpoint": (str | None, None, "A checkpoint dir to resume from, or 'last'."),
+    "num_threads": (int | None, None, "torch CPU threads (default: torch's choice)."),
     "eval_before_training": (bool, True, "Evaluate the untrained model too, for a before/after table."),
     "eval_max_new_tokens": (int, 16, "Generation budget per evaluation answer."),
     "eval_batch_size": (int, 32, "Batch size for evaluation generation."),
-    "eval_max_samples": (Optional[int], None, "Evaluate at most this many held-out samples."),
-    "eval_every_steps": (Optional[int], None,
-                         "Also evaluate every N training steps (on eval_curve_samples samples of the first "
-                         "eval set) and record the curve of the evaluators' metrics in metrics.json."),
+    "eval_max_samples": (int | None, None, "Evaluate at most this many held-out samples."),
+    "eval_every_steps": (
+        int | None,
+        None,
+        "Also evaluate every N training steps (on eval_curve_samples samples of the first "
+        "eval set) and record the curve of the evaluators' metrics in metrics.json.",
+    ),
     "eval_curve_samples": (int, 200, "Held-out samples per evaluation of the curve (at most eval_max_samples)."),
 }
 
@@ -62,21 +74,21 @@ TRAINING_KEYS: dict[str, Any] = {
     "adam_epsilon": float,
     "max_grad_norm": float,
     "lr_scheduler_type": str,
-    "warmup_steps": Union[int, float],
-    "logging_steps": Union[int, float],
+    "warmup_steps": int | float,
+    "logging_steps": int | float,
     "logging_first_step": bool,
     "save_strategy": str,
-    "save_steps": Union[int, float],
-    "save_total_limit": Optional[int],
+    "save_steps": int | float,
+    "save_total_limit": int | None,
     "seed": int,
-    "data_seed": Optional[int],
+    "data_seed": int | None,
     "optim": str,
     "dataloader_num_workers": int,
     "dataloader_drop_last": bool,
     "train_sampling_strategy": str,
     "label_smoothing_factor": float,
-    "report_to": Union[str, list],
-    "run_name": Optional[str],
+    "report_to": str | list,
+    "run_name": str | None,
     "torch_compile": bool,
 }
 

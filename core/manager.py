@@ -35,7 +35,6 @@ from .registry import FAMILIES, ComponentSpec, Registry
 __all__ = ["PluginInfo", "PluginHost", "load", "builtin_plugins"]
 
 
-
 @dataclass
 class PluginInfo:
     """One plugin (module or object registered with pluggy) and where it came from."""
@@ -166,7 +165,12 @@ class PluginHost:
                     continue
                 hook_name_local = hook_name
 
-                def register(spec: ComponentSpec, _info: PluginInfo = info, _family: str = family) -> None:
+                def register(
+                    spec: ComponentSpec,
+                    _info: PluginInfo = info,
+                    _family: str = family,
+                    hook_name_local: str = hook_name_local,
+                ) -> None:
                     if not isinstance(spec, ComponentSpec):
                         raise TypeError(f"{hook_name_local}: register() takes a ComponentSpec, got {spec!r}")
                     if spec.family and spec.family != _family:
@@ -174,8 +178,9 @@ class PluginHost:
                             f"{spec.name} declares family '{spec.family}' but was registered through "
                             f"{hook_name_local} (family '{_family}')"
                         )
-                    spec = replace(spec, family=_family, provider=_info.provider,
-                                   version=_info.version, plugin=_info.name)
+                    spec = replace(
+                        spec, family=_family, provider=_info.provider, version=_info.version, plugin=_info.name
+                    )
                     if spec.name in self.disabled_components:
                         return
                     self.registry.add(spec)
@@ -183,7 +188,7 @@ class PluginHost:
                         _info.components.append(spec.name)
 
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    impl.function(**dict.fromkeys(impl.argnames, register))
                 except ConfigError as exc:  # duplicate name: keep the first, report the clash
                     self.registry.errors.append(str(exc))
                     info.error = info.error or str(exc)
@@ -208,8 +213,11 @@ class PluginHost:
 
     @staticmethod
     def _culprit(exc: BaseException, caller: pluggy.HookCaller) -> str:
-        codes = {impl.function.__code__: impl.plugin_name for impl in caller.get_hookimpls()
-                 if hasattr(impl.function, "__code__")}
+        codes = {
+            impl.function.__code__: impl.plugin_name
+            for impl in caller.get_hookimpls()
+            if hasattr(impl.function, "__code__")
+        }
         tb = exc.__traceback__
         found = "?"
         while tb is not None:
@@ -250,8 +258,12 @@ class PluginHost:
         return [p for p in self.plugins.values() if p.error]
 
 
-def load(*, autoload: bool | None = None, disabled: Iterable[str] | None = None,
-         extra_plugins: Iterable[tuple[Any, str]] = ()) -> PluginHost:
+def load(
+    *,
+    autoload: bool | None = None,
+    disabled: Iterable[str] | None = None,
+    extra_plugins: Iterable[tuple[Any, str]] = (),
+) -> PluginHost:
     """Build a fresh :class:`PluginHost`: built-ins, entry points, extra plugins, checks, registry.
 
     :param autoload: load third-party entry points (default: yes unless ``VLMPLUG_LOAD_PLUGINS`` is

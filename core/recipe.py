@@ -36,11 +36,20 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Selection", "ResolvedRecipe", "load_recipe", "list_recipes", "resolve", "parse_set", "read_text"]
 
 #: recipe key -> family, for the one-only families (``alignment`` is the guide's name for connector)
-SINGLE_KEYS = {"vision_encoder": "vision_encoder", "connector": "connector", "alignment": "connector",
-               "fusion": "fusion", "peft": "peft"}
+SINGLE_KEYS = {
+    "vision_encoder": "vision_encoder",
+    "connector": "connector",
+    "alignment": "connector",
+    "fusion": "fusion",
+    "peft": "peft",
+}
 #: recipe key -> family, for the list families
-LIST_KEYS = {"datasets": "dataset_format", "eval_datasets": "dataset_format",
-             "optimizer_stack": "optimizer_stack", "evaluators": "evaluator"}
+LIST_KEYS = {
+    "datasets": "dataset_format",
+    "eval_datasets": "dataset_format",
+    "optimizer_stack": "optimizer_stack",
+    "evaluators": "evaluator",
+}
 RECIPE_SUFFIXES = (".yaml", ".yml")
 ROADMAP = "is on the vlmplug roadmap but not available in vlmplug"
 
@@ -110,8 +119,7 @@ class ResolvedRecipe:
         }
 
     def selections(self) -> list[Selection]:
-        return [*self.single.values(), *self.datasets, *self.eval_datasets, *self.optimizer_stack,
-                *self.evaluators]
+        return [*self.single.values(), *self.datasets, *self.eval_datasets, *self.optimizer_stack, *self.evaluators]
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -143,6 +151,7 @@ class ResolvedRecipe:
 
 
 # -- loading ---------------------------------------------------------------------------------------
+
 
 def _shipped() -> dict[str, Any]:
     root = resources.files("vlmplug.recipes")
@@ -199,6 +208,7 @@ def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
 
 
 # -- resolution: the draft and its stages ------------------------------------------------------------
+
 
 @dataclass
 class Entry:
@@ -265,16 +275,19 @@ class _Resolver:
             return f"{where}: '{name}' ({title}) {ROADMAP} {__version__}; available {title}s: {avail}"
         pool = self.registry.names(family)
         what = f"{FAMILY_TITLES[family]} " if family else "component "
-        return (f"{where}: unknown {what}'{name}'{did_you_mean(name, pool)}; "
-                f"choose from: {', '.join(pool)} (run `vlmplug list`)")
+        return (
+            f"{where}: unknown {what}'{name}'{did_you_mean(name, pool)}; "
+            f"choose from: {', '.join(pool)} (run `vlmplug list`)"
+        )
 
     def planned_key(self, key: str, spec: ComponentSpec) -> str:
-        return (f"{key}: configures '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} "
-                f"{__version__}; remove the key or install a plugin that provides '{spec.name}'")
+        return (
+            f"{key}: configures '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} "
+            f"{__version__}; remove the key or install a plugin that provides '{spec.name}'"
+        )
 
     def planned_value(self, where: str, value: Any, spec: ComponentSpec) -> str:
-        return (f"{where}: {value} needs '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} "
-                f"{__version__}")
+        return f"{where}: {value} needs '{spec.name}' ({FAMILY_TITLES[spec.family]}), which {ROADMAP} {__version__}"
 
     def all_specs(self) -> list[ComponentSpec]:
         return [*self.registry, *self.registry.planned_specs()]
@@ -333,13 +346,15 @@ class _Resolver:
         return {**found, "model": model} if found else None
 
     def detect_format(self, path: str, where: str) -> str | None:
-        sample = _first_record(path, where, self.problems)
-        if sample is False:
+        readable, sample = _first_record(path, where, self.problems)
+        if not readable:
             return None
-        name = self.host.detect_dataset_format(path=path, sample=sample or None) if self.host else None
+        name = self.host.detect_dataset_format(path=path, sample=sample) if self.host else None
         if name is None:
-            self.problems.append(f"{where}: no dataset format recognises {path}; name one with 'format' "
-                                 f"({', '.join(self.registry.names('dataset_format'))})")
+            self.problems.append(
+                f"{where}: no dataset format recognises {path}; name one with 'format' "
+                f"({', '.join(self.registry.names('dataset_format'))})"
+            )
             return None
         self.notes.append(f"{where}: {path} read as '{name}' (auto-detected)")
         return name
@@ -409,14 +424,14 @@ def _hub_config(model: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _first_record(path: str, where: str, problems: list[str]) -> dict[str, Any] | bool | None:
-    """The first JSON/JSONL record of ``path`` (``None`` for other files, ``False`` on a problem)."""
+def _first_record(path: str, where: str, problems: list[str]) -> tuple[bool, dict[str, Any] | None]:
+    """``(readable, first JSON/JSONL record or None)``; a problem is appended when not readable."""
     p = Path(path)
     if not p.exists():
         problems.append(f"{where}: {path} does not exist (paths are relative to where you run vlmplug)")
-        return False
+        return False, None
     if not (p.is_file() and p.suffix in (".json", ".jsonl")):
-        return None
+        return True, None
     try:
         text = read_text(p, "dataset")
         if p.suffix == ".jsonl":
@@ -427,11 +442,11 @@ def _first_record(path: str, where: str, problems: list[str]) -> dict[str, Any] 
             sample = data[0] if isinstance(data, list) and data else None
     except ConfigError as e:
         problems.append(f"{where}: {e}")
-        return False
+        return False, None
     except ValueError as e:
         problems.append(f"{where}: cannot read {path}: {e}")
-        return False
-    return sample if isinstance(sample, dict) else None
+        return False, None
+    return True, sample if isinstance(sample, dict) else None
 
 
 def _split_sets(data: Mapping[str, Any], sets: list[tuple[str, Any]], r: _Resolver) -> tuple[dict, list]:
@@ -464,8 +479,10 @@ def _read_keys(data: Mapping[str, Any], r: _Resolver) -> Draft:
         elif key in SINGLE_KEYS:
             fam = SINGLE_KEYS[key]
             if fam in draft.single_raw and draft.single_raw[fam][2] != key:
-                r.problems.append(f"{key}: the recipe already chooses the {FAMILY_TITLES[fam]} with "
-                                  f"'{draft.single_raw[fam][2]}'; keep one of them")
+                r.problems.append(
+                    f"{key}: the recipe already chooses the {FAMILY_TITLES[fam]} with "
+                    f"'{draft.single_raw[fam][2]}'; keep one of them"
+                )
                 continue
             name, opts = r.split_entry(value, key)
             draft.single_raw[fam] = (name, opts, key)
@@ -484,8 +501,12 @@ def _select_single(draft: Draft, r: _Resolver) -> None:
         elif name is None:
             r.problems.append(f"{key}: a mapping needs 'name' (one of {', '.join(r.registry.names(fam))})")
             continue
-        elif (fam == "vision_encoder" and name not in r.registry and r.registry.planned(name) is None
-              and ("/" in name or Path(name).exists())):
+        elif (
+            fam == "vision_encoder"
+            and name not in r.registry
+            and r.registry.planned(name) is None
+            and ("/" in name or Path(name).exists())
+        ):
             spec = r.detect_encoder(name, key)
             opts = {"model": name, **opts}
         else:
@@ -510,8 +531,10 @@ def _select_from_pretrained(draft: Draft, r: _Resolver) -> None:
             continue
         chosen = draft.single.get(fam)
         if chosen is not None and chosen.spec.name != spec.name:
-            r.problems.append(f"model: {model} is a {found['format']} checkpoint whose {FAMILY_TITLES[fam]} is "
-                              f"'{spec.name}', but the recipe chooses '{chosen.spec.name}'; drop the recipe's choice")
+            r.problems.append(
+                f"model: {model} is a {found['format']} checkpoint whose {FAMILY_TITLES[fam]} is "
+                f"'{spec.name}', but the recipe chooses '{chosen.spec.name}'; drop the recipe's choice"
+            )
             continue
         draft.single[fam] = Entry(spec, {**opts, **(chosen.options if chosen else {})}, "model")
 
@@ -526,8 +549,9 @@ def _activate_flat_keys(draft: Draft, r: _Resolver) -> None:
                 consumed = True
                 if spec.activated(key, value):
                     if spec.planned:
-                        r.problems.append(r.planned_value(key, value, spec) if key in CORE_KEYS
-                                          else r.planned_key(key, spec))
+                        r.problems.append(
+                            r.planned_value(key, value, spec) if key in CORE_KEYS else r.planned_key(key, spec)
+                        )
                     else:
                         draft.activated.append((spec, key))
             if key in spec.flat_keys:
@@ -537,16 +561,27 @@ def _activate_flat_keys(draft: Draft, r: _Resolver) -> None:
                 else:
                     draft.owned[key] = value
         if not consumed and key not in CORE_KEYS:
-            known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *SINGLE_KEYS, *LIST_KEYS, "training_args",
-                     *{k for s in r.registry for k in (*s.activated_by, *s.flat_keys)}]
-            r.problems.append(f"{key}: unknown recipe key{did_you_mean(key, known)} "
-                              f"(recipe keys are listed in docs/recipes.md; component options in `vlmplug info NAME`)")
+            known = [
+                *CORE_KEYS,
+                *TRAINING_KEYS,
+                *TRAINING_ALIASES,
+                *SINGLE_KEYS,
+                *LIST_KEYS,
+                "training_args",
+                *{k for s in r.registry for k in (*s.activated_by, *s.flat_keys)},
+            ]
+            r.problems.append(
+                f"{key}: unknown recipe key{did_you_mean(key, known)} "
+                f"(recipe keys are listed in docs/recipes.md; component options in `vlmplug info NAME`)"
+            )
     for spec, key in draft.activated:
         fam = spec.family
         if fam in SINGLE_FAMILIES:
             if fam in draft.single and draft.single[fam].spec.name != spec.name:
-                r.problems.append(f"{key}: selects {FAMILY_TITLES[fam]} '{spec.name}' but the recipe also chooses "
-                                  f"'{draft.single[fam].spec.name}'; keep one")
+                r.problems.append(
+                    f"{key}: selects {FAMILY_TITLES[fam]} '{spec.name}' but the recipe also chooses "
+                    f"'{draft.single[fam].spec.name}'; keep one"
+                )
             else:
                 draft.single.setdefault(fam, Entry(spec, {}))
         elif fam in ("optimizer_stack", "evaluator"):
@@ -616,12 +651,15 @@ def _apply_defaults(draft: Draft, r: _Resolver) -> None:
     for entry in draft.single.values():
         for key, value in entry.spec.contradicts.items():
             if key in draft.explicit and draft.core.get(key) is not None and bool(draft.core[key]) == bool(value):
-                r.problems.append(f"{key}: {json.dumps(draft.core[key])} contradicts {FAMILY_TITLES[entry.spec.family]} "
-                                  f"'{entry.spec.name}'; drop one")
+                r.problems.append(
+                    f"{key}: {json.dumps(draft.core[key])} contradicts {FAMILY_TITLES[entry.spec.family]} "
+                    f"'{entry.spec.name}'; drop one"
+                )
     for fam in ("vision_encoder", "connector"):
         if fam not in draft.single and not any(fam in p for p in r.problems):
-            r.problems.append(f"the recipe chooses no {FAMILY_TITLES[fam]}: add `{fam}: NAME` "
-                              f"({', '.join(r.registry.names(fam))})")
+            r.problems.append(
+                f"the recipe chooses no {FAMILY_TITLES[fam]}: add `{fam}: NAME` ({', '.join(r.registry.names(fam))})"
+            )
     if not draft.core.get("model"):
         r.problems.append("model: the recipe names no LLM; set `model: HUB_ID_OR_PATH` (or 'tiny-llama')")
 
@@ -641,8 +679,9 @@ def _select_datasets(draft: Draft, r: _Resolver) -> None:
             label = opts.pop("name", None)
             name = opts.pop("format", None)
             if name is None and "path" not in opts:
-                r.problems.append(f"{where}: give 'path' (and optionally 'format': "
-                                  f"{', '.join(r.registry.names('dataset_format'))})")
+                r.problems.append(
+                    f"{where}: give 'path' (and optionally 'format': {', '.join(r.registry.names('dataset_format'))})"
+                )
                 continue
             name = name if name is not None else r.detect_format(str(opts["path"]), where)
             spec = r.lookup(str(name), "dataset_format", where) if name is not None else None
@@ -677,13 +716,17 @@ def _distribute_owned_keys(draft: Draft, r: _Resolver) -> None:
             if value in (False, None) and any(key in s.activated_by for s in r.registry):
                 continue  # e.g. `bf16: false`: the component that key would select stays off
             candidates = [s.name for s in r.registry if key in s.flat_keys]
-            r.problems.append(f"{key}: belongs to {' / '.join(candidates)}, which the recipe does not select "
-                              f"(add --plugins {candidates[0]})")
+            r.problems.append(
+                f"{key}: belongs to {' / '.join(candidates)}, which the recipe does not select "
+                f"(add --plugins {candidates[0]})"
+            )
             continue
         for e in owners:
             if key in e.options and e.options[key] != value:
-                r.problems.append(f"{key}: set to {value!r} at top level and {e.options[key]!r} under "
-                                  f"{FAMILY_TITLES[e.spec.family]} '{e.spec.name}'; keep one")
+                r.problems.append(
+                    f"{key}: set to {value!r} at top level and {e.options[key]!r} under "
+                    f"{FAMILY_TITLES[e.spec.family]} '{e.spec.name}'; keep one"
+                )
             e.options.setdefault(key, value)
 
 
@@ -709,8 +752,10 @@ def _apply_late_sets(draft: Draft, r: _Resolver) -> None:
         elif rest:
             targets = [e for e in chosen if head in (e.spec.name, e.spec.family)]
             if not targets:
-                r.problems.append(f"{where}: '{head}' is not a selected component or family "
-                                  f"(selected: {', '.join(dict.fromkeys(e.spec.name for e in chosen))})")
+                r.problems.append(
+                    f"{where}: '{head}' is not a selected component or family "
+                    f"(selected: {', '.join(dict.fromkeys(e.spec.name for e in chosen))})"
+                )
             for e in targets:
                 e.options[rest] = value
         else:
@@ -728,8 +773,10 @@ def _set_flat_key(key: str, value: Any, where: str, chosen: list[Entry], r: _Res
         r.problems.append(r.planned_key(key, planned[0]))
         return
     known = [*CORE_KEYS, *TRAINING_KEYS, *TRAINING_ALIASES, *{k for e in chosen for k in e.spec.flat_keys}]
-    r.problems.append(f"{where}: unknown key{did_you_mean(key, known)}; use a recipe key, "
-                      f"COMPONENT.OPTION or FAMILY.OPTION (see `vlmplug info NAME`)")
+    r.problems.append(
+        f"{where}: unknown key{did_you_mean(key, known)}; use a recipe key, "
+        f"COMPONENT.OPTION or FAMILY.OPTION (see `vlmplug info NAME`)"
+    )
 
 
 def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> ResolvedRecipe:
@@ -742,10 +789,12 @@ def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> Resolv
     chosen = [*single.values(), *datasets, *eval_datasets, *stack, *evaluators]
     names = {s.name for s in chosen}
     for sel in chosen:
-        r.problems.extend(f"{sel.name} requires '{req}'; add --plugins {req}"
-                          for req in sel.spec.requires if req not in names)
-        r.problems.extend(f"{sel.name} conflicts with '{con}'; remove one of them"
-                          for con in sel.spec.conflicts if con in names)
+        r.problems.extend(
+            f"{sel.name} requires '{req}'; add --plugins {req}" for req in sel.spec.requires if req not in names
+        )
+        r.problems.extend(
+            f"{sel.name} conflicts with '{con}'; remove one of them" for con in sel.spec.conflicts if con in names
+        )
     if check_deps:
         r.problems.extend(deps.check({s.name: s.spec for s in chosen}.values()))
     _translate_aliases(draft, r)
@@ -753,9 +802,18 @@ def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> Resolv
         raise ConfigError(list(dict.fromkeys(r.problems)))
     core = draft.core
     return ResolvedRecipe(
-        name=str(core["name"]), description=str(core["description"]), source=source, core=core,
-        training=draft.training, training_args=draft.training_args, single=single, datasets=datasets,
-        eval_datasets=eval_datasets, optimizer_stack=stack, evaluators=evaluators, notes=r.notes,
+        name=str(core["name"]),
+        description=str(core["description"]),
+        source=source,
+        core=core,
+        training=draft.training,
+        training_args=draft.training_args,
+        single=single,
+        datasets=datasets,
+        eval_datasets=eval_datasets,
+        optimizer_stack=stack,
+        evaluators=evaluators,
+        notes=r.notes,
         pretrained=draft.pretrained,
     )
 
@@ -769,8 +827,10 @@ def _translate_aliases(draft: Draft, r: _Resolver) -> None:
             r.problems.append(f"{where}: set warmup_ratio or warmup_steps, not both")
         elif 0 <= value < 1:
             draft.training["warmup_steps"] = value
-            r.notes.append(f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
-                           f"below 1 as a fraction of the total steps)")
+            r.notes.append(
+                f"warmup_ratio {value} -> warmup_steps {value} (transformers 5 reads a float "
+                f"below 1 as a fraction of the total steps)"
+            )
     if draft.aliases.get("group_by_length", (False,))[0]:
         draft.training["train_sampling_strategy"] = "group_by_length"
 

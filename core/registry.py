@@ -175,8 +175,10 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
-                         f"{did_you_mean(str(value), [str(a) for a in args])}")
+        raise ValueError(
+            f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
+            f"{did_you_mean(str(value), [str(a) for a in args])}"
+        )
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

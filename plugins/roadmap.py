@@ -14,10 +14,22 @@ from typing import Any
 from vlmplug import ComponentSpec, hookimpl
 
 
-def _planned(name: str, *, aliases: tuple[str, ...] = (), flat_keys: tuple[str, ...] = (),
-             activated_by: dict[str, Any] | None = None) -> ComponentSpec:
-    return ComponentSpec(name=name, summary="(on the roadmap)", factory="", aliases=aliases, flat_keys=flat_keys,
-                         activated_by=activated_by or {}, planned=True)
+def _planned(
+    name: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    flat_keys: tuple[str, ...] = (),
+    activated_by: dict[str, Any] | None = None,
+) -> ComponentSpec:
+    return ComponentSpec(
+        name=name,
+        summary="(on the roadmap)",
+        factory="",
+        aliases=aliases,
+        flat_keys=flat_keys,
+        activated_by=activated_by or {},
+        planned=True,
+    )
 
 
 PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
@@ -33,18 +45,27 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     ),
     "fusion": (_planned("cross-attention"), _planned("modality-experts")),
     "peft": (
-        _planned("qlora", flat_keys=("load_in_4bit", "load_in_8bit", "bnb_4bit_compute_dtype",
-                                     "bnb_4bit_use_double_quant", "bnb_4bit_quant_type")),
+        _planned(
+            "qlora",
+            flat_keys=(
+                "load_in_4bit",
+                "load_in_8bit",
+                "bnb_4bit_compute_dtype",
+                "bnb_4bit_use_double_quant",
+                "bnb_4bit_quant_type",
+            ),
+        ),
         _planned("spectrum", flat_keys=("spectrum_top_percent",)),
     ),
     "dataset_format": (
-        _planned("llava"), _planned("sharegpt"), _planned("hf"),
+        _planned("llava"),
+        _planned("sharegpt"),
+        _planned("hf"),
         _planned("video", flat_keys=("max_num_frames", "frame_sampling")),
         _planned("document", flat_keys=("augmentation",)),
     ),
     "optimizer_stack": (
-        _planned("flash-attention",
-                 activated_by={"attn_implementation": ("flash_attention_2", "flash_attention_3")}),
+        _planned("flash-attention", activated_by={"attn_implementation": ("flash_attention_2", "flash_attention_3")}),
         _planned("liger", flat_keys=("use_liger",)),
         _planned("packing", flat_keys=("packing",)),
         _planned("adamw-8bit"),
@@ -52,8 +73,12 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
         _planned("fsdp", flat_keys=("fsdp",)),
     ),
     "evaluator": (
-        _planned("textvqa"), _planned("gqa"), _planned("docvqa"), _planned("pope"),
-        _planned("multiple-choice"), _planned("llm-judge"),
+        _planned("textvqa"),
+        _planned("gqa"),
+        _planned("docvqa"),
+        _planned("pope"),
+        _planned("multiple-choice"),
+        _planned("llm-judge"),
     ),
 }
 

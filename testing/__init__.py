@@ -21,10 +21,16 @@ __all__ = ["TINY_RECIPE", "check_component", "run_recipe"]
 TINY_RECIPE: dict[str, Any] = {
     "name": "tiny",
     "model": "tiny-llama",
-    "model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-                     "num_key_value_heads": 2},
-    "vision_encoder": {"name": "clip", "model": "tiny", "tiny_image_size": 32, "tiny_hidden_size": 32,
-                       "tiny_layers": 2, "tiny_heads": 2, "feature_layer": -1},
+    "model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2},
+    "vision_encoder": {
+        "name": "clip",
+        "model": "tiny",
+        "tiny_image_size": 32,
+        "tiny_hidden_size": 32,
+        "tiny_layers": 2,
+        "tiny_heads": 2,
+        "feature_layer": -1,
+    },
     "connector": "mlp",
     "datasets": [{"format": "shapes", "num_samples": 64, "seed": 0, "image_size": 32}],
     "eval_datasets": [{"format": "shapes", "num_samples": 8, "seed": 1, "image_size": 32}],
@@ -48,8 +54,15 @@ def check_component(spec: Any, **kwargs: Any) -> dict[str, Any]:
     return _check(spec, **kwargs)
 
 
-def run_recipe(recipe: Any = None, *, steps: int = 2, plugins: tuple[str, ...] | list[str] = (),
-               output_dir: str | Path | None = None, host: Any = None, **sets: Any) -> Any:
+def run_recipe(
+    recipe: Any = None,
+    *,
+    steps: int = 2,
+    plugins: tuple[str, ...] | list[str] = (),
+    output_dir: str | Path | None = None,
+    host: Any = None,
+    **sets: Any,
+) -> Any:
     """Resolve ``recipe`` (a mapping, a recipe file or shipped name; default :data:`TINY_RECIPE`)
     with ``--plugins``-style names and ``key=value`` overrides, train ``steps`` steps quietly and
     return the :class:`~vlmplug.train.run.RunResult`."""
@@ -66,7 +79,8 @@ def run_recipe(recipe: Any = None, *, steps: int = 2, plugins: tuple[str, ...] |
     else:
         data, source = load_recipe(recipe)
     host = host or load()
-    resolved = resolve(data, host.registry, host=host, plugins=list(plugins),
-                       sets=[("max_steps", steps), *sets.items()], source=source)
+    resolved = resolve(
+        data, host.registry, host=host, plugins=list(plugins), sets=[("max_steps", steps), *sets.items()], source=source
+    )
     out = output_dir or tempfile.mkdtemp(prefix="vlmplug-test-")
     return run(resolved, host, output_dir=str(out), console=Console(quiet=True))

@@ -59,10 +59,22 @@ def _messages_jsonl(tmp: Path) -> Path:
     path = tmp / "conformance.jsonl"
     if not path.exists():
         Image.new("RGB", (40, 30), GREEN).save(tmp / "green.png")
-        rows = [{"messages": [{"role": "user", "content": "<image>\nWhat color is the shape?"},
-                              {"role": "assistant", "content": "green"}], "images": ["green.png"]},
-                {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                              {"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}]}]
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>\nWhat color is the shape?"},
+                    {"role": "assistant", "content": "green"},
+                ],
+                "images": ["green.png"],
+            },
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Say yes."},
+                    {"role": "assistant", "content": "yes"},
+                ]
+            },
+        ]
         path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return path
 
@@ -81,9 +93,11 @@ def check_config(spec: Any, options: Mapping[str, Any] | None = None) -> None:
 
 def check_light_module(module: str) -> None:
     """Importing the plugin module (what ``vlmplug list`` does) imports no torch, transformers or peft."""
-    code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
-            "print(','.join(heavy))")
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"{module} does not import: {out.stderr[-2000:]}"
     assert not out.stdout.strip(), f"importing {module} pulls in {out.stdout.strip()}; import them lazily"
@@ -142,13 +156,15 @@ def _check_connector(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str,
     conn = _build(spec, options, ctx, in_dim=d, out_dim=h, num_input_tokens=n)
     for b in (1, 3):
         out = conn(torch.randn(b, n, d))
-        assert tuple(out.shape) == (b, conn.num_tokens, h), f"{spec.name}: output {tuple(out.shape)} for " \
-            f"declared budget {conn.num_tokens}"
+        assert tuple(out.shape) == (b, conn.num_tokens, h), (
+            f"{spec.name}: output {tuple(out.shape)} for declared budget {conn.num_tokens}"
+        )
     out.sum().backward()
     assert all(p.grad is not None for p in conn.parameters() if p.requires_grad), "a parameter gets no gradient"
     x = torch.randn(2, n, d)
-    other = _state_round_trip(conn, lambda: tiny.build(spec, ctx, options, in_dim=d, out_dim=h, num_input_tokens=n),
-                              tmp)
+    other = _state_round_trip(
+        conn, lambda: tiny.build(spec, ctx, options, in_dim=d, out_dim=h, num_input_tokens=n), tmp
+    )
     with torch.no_grad():
         assert torch.equal(other(x), conn(x)), "save -> load changed the outputs"
     return {"num_tokens": conn.num_tokens}
@@ -171,17 +187,25 @@ def _check_fusion(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str, An
         out = vlm(**batch)
         assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
         n = int((batch["labels"][:, 1:] != -100).sum())
-        halves = [{k: v[i:i + 1] for k, v in batch.items() if k != "pixel_values"} for i in range(2)]
+        halves = [{k: v[i : i + 1] for k, v in batch.items() if k != "pixel_values"} for i in range(2)]
         per_row = [1, 2]
         offsets = [0, 1]
         total = 0.0
         for i, half in enumerate(halves):
-            half["pixel_values"] = batch["pixel_values"][offsets[i]:offsets[i] + per_row[i]]
+            half["pixel_values"] = batch["pixel_values"][offsets[i] : offsets[i] + per_row[i]]
             total += float(vlm(**half, num_items_in_batch=n).loss)
-    assert abs(total - float(out.loss)) < 1e-4 * max(1.0, abs(float(out.loss))), \
+    assert abs(total - float(out.loss)) < 1e-4 * max(1.0, abs(float(out.loss))), (
         f"{spec.name}: micro-batch losses with num_items_in_batch sum to {total}, the whole batch gives {out.loss}"
-    gen = vlm.generate(batch["input_ids"][:1], batch["attention_mask"][:1], batch["pixel_values"][:1],
-                       max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    )
+    gen = vlm.generate(
+        batch["input_ids"][:1],
+        batch["attention_mask"][:1],
+        batch["pixel_values"][:1],
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=None,
+    )
     assert gen.dtype == torch.long and gen.shape == (1, 3), gen.shape
     _check_reload(vlm, batch, tmp, spec)
     return {"placeholder_tokens": placeholders}
@@ -192,8 +216,14 @@ def _prepare_for_save(vlm: Any, spec_by_family: Mapping[str, Any]) -> None:
     from vlmplug.recipe import Selection
     from vlmplug.train.assemble import model_manifest
 
-    core = {"model": "tiny-llama", "model_config": dict(tiny.LLM_OVERRIDES), "dtype": "float32",
-            "attn_implementation": "eager", "image_token": tiny.IMAGE_TOKEN, "trust_remote_code": False}
+    core = {
+        "model": "tiny-llama",
+        "model_config": dict(tiny.LLM_OVERRIDES),
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "image_token": tiny.IMAGE_TOKEN,
+        "trust_remote_code": False,
+    }
     single = {fam: Selection(spec=s, options=opts) for fam, (s, opts) in spec_by_family.items()}
     vlm.manifest = model_manifest(single, core, True, vlm.tokens_per_image)
 
@@ -207,8 +237,11 @@ def _check_reload(vlm: Any, batch: dict[str, Any], tmp: Path, fusion_spec: Any, 
     host = load()
     reg = host.registry
     clip = reg.get("clip")
-    families = {"vision_encoder": (clip, dict(clip.test_options)), "connector": (reg.get("mlp"), {}),
-                "fusion": (fusion_spec, dict(fusion_spec.test_options))}
+    families = {
+        "vision_encoder": (clip, dict(clip.test_options)),
+        "connector": (reg.get("mlp"), {}),
+        "fusion": (fusion_spec, dict(fusion_spec.test_options)),
+    }
     if peft is not None:
         families["peft"] = peft
     _prepare_for_save(vlm, families)
@@ -261,8 +294,9 @@ def _check_dataset_format(spec: Any, options: dict[str, Any], tmp: Path) -> dict
         assert isinstance(msgs, list) and msgs, f"sample {i}: messages"
         assert all(m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str) for m in msgs)
         n_placeholders = sum(m["content"].count("<image>") for m in msgs)
-        assert n_placeholders == len(s.get("images") or []), f"sample {i}: {n_placeholders} <image> for " \
-            f"{len(s.get('images') or [])} images"
+        assert n_placeholders == len(s.get("images") or []), (
+            f"sample {i}: {n_placeholders} <image> for {len(s.get('images') or [])} images"
+        )
     return {"samples": len(ds)}
 
 
@@ -273,8 +307,9 @@ def _check_optimizer_stack(spec: Any, options: dict[str, Any], tmp: Path) -> dic
     ctx = tiny.make_ctx()
     comp = _build(spec, options, ctx)
     notes: list[str] = []
-    args = comp.update_training_args({"output_dir": str(tmp / "out"), "use_cpu": True, "report_to": "none"},
-                                     ctx.hardware, notes.append)
+    args = comp.update_training_args(
+        {"output_dir": str(tmp / "out"), "use_cpu": True, "report_to": "none"}, ctx.hardware, notes.append
+    )
     targs = TrainingArguments(**{k: v for k, v in args.items() if v is not None})
     assert isinstance(comp.model_load_kwargs(), dict)
     tok = tiny.make_tokenizer()
@@ -293,8 +328,14 @@ def _check_optimizer_stack(spec: Any, options: dict[str, Any], tmp: Path) -> dic
 def _check_evaluator(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str, Any]:
     ev = _build(spec, options, tiny.make_ctx())
     assert isinstance(ev.primary_metric, str) and ev.primary_metric
-    sample = {"messages": [{"role": "user", "content": "<image>\nWhat color is the shape?"},
-                           {"role": "assistant", "content": "green"}], "images": [], "answers": ["green"]}
+    sample = {
+        "messages": [
+            {"role": "user", "content": "<image>\nWhat color is the shape?"},
+            {"role": "assistant", "content": "green"},
+        ],
+        "images": [],
+        "answers": ["green"],
+    }
     prompt = ev.prompt(sample)
     assert isinstance(prompt, list) and all({"role", "content"} <= set(m) for m in prompt)
     refs = ev.references(sample)

@@ -15,26 +15,68 @@ import torch
 from vlmplug.train.hardware import Hardware
 from vlmplug.train.run import BuildContext
 
-__all__ = ["IMAGE_TOKEN", "TINY_TEXTS", "CLIP_OPTIONS", "LLM_OVERRIDES", "make_ctx", "build", "make_tokenizer",
-           "make_clip", "make_llm", "make_connector", "make_vlm", "make_batch", "namespace"]
+__all__ = [
+    "IMAGE_TOKEN",
+    "TINY_TEXTS",
+    "CLIP_OPTIONS",
+    "LLM_OVERRIDES",
+    "make_ctx",
+    "build",
+    "make_tokenizer",
+    "make_clip",
+    "make_llm",
+    "make_connector",
+    "make_vlm",
+    "make_batch",
+    "namespace",
+]
 
 IMAGE_TOKEN = "<image>"
 TINY_TEXTS = [
-    "What color is the shape?", "Which color does the shape have?", "What shape is this?",
-    "How many shapes are there?", "Is there a red shape?", "Does the image contain a circle?",
-    "red", "green", "blue", "yellow", "purple", "circle", "square", "triangle", "yes", "no",
-    "1", "2", "3", "You are a helpful assistant.", "Describe the image in one word.",
+    "What color is the shape?",
+    "Which color does the shape have?",
+    "What shape is this?",
+    "How many shapes are there?",
+    "Is there a red shape?",
+    "Does the image contain a circle?",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "circle",
+    "square",
+    "triangle",
+    "yes",
+    "no",
+    "1",
+    "2",
+    "3",
+    "You are a helpful assistant.",
+    "Describe the image in one word.",
 ]
 
-CLIP_OPTIONS: dict[str, Any] = dict(model="tiny", tiny_image_size=32, tiny_patch_size=8, tiny_hidden_size=32,
-                                    tiny_layers=2, tiny_heads=2)
-LLM_OVERRIDES: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                     num_key_value_heads=2, max_position_embeddings=256)
+CLIP_OPTIONS: dict[str, Any] = dict(
+    model="tiny", tiny_image_size=32, tiny_patch_size=8, tiny_hidden_size=32, tiny_layers=2, tiny_heads=2
+)
+LLM_OVERRIDES: dict[str, Any] = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def make_ctx(on_bad_sample: str = "error", hardware: Hardware | None = None) -> BuildContext:
-    return BuildContext(recipe=None, torch_dtype=torch.float32, hub_kwargs={}, on_bad_sample=on_bad_sample,
-                        hardware=hardware or Hardware(False, "cpu", False, False))
+    return BuildContext(
+        recipe=None,
+        torch_dtype=torch.float32,
+        hub_kwargs={},
+        on_bad_sample=on_bad_sample,
+        hardware=hardware or Hardware(False, "cpu", False, False),
+    )
 
 
 def build(spec: Any, ctx: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -59,23 +101,37 @@ def make_llm(tokenizer: Any, seed: int = 0, **overrides: Any) -> Any:
     from vlmplug.train.llm import load_llm
 
     torch.manual_seed(seed)
-    llm, from_preset = load_llm("tiny-llama", tokenizer, dtype=torch.float32,
-                                overrides={**LLM_OVERRIDES, **overrides}, load_kwargs={}, hub_kwargs={},
-                                attn_implementation="eager")
+    llm, from_preset = load_llm(
+        "tiny-llama",
+        tokenizer,
+        dtype=torch.float32,
+        overrides={**LLM_OVERRIDES, **overrides},
+        load_kwargs={},
+        hub_kwargs={},
+        attn_implementation="eager",
+    )
     assert from_preset
     return llm
 
 
-def make_connector(spec: Any, ctx: Any, tower: Any, llm: Any, options: dict[str, Any] | None = None,
-                   seed: int = 2) -> Any:
+def make_connector(
+    spec: Any, ctx: Any, tower: Any, llm: Any, options: dict[str, Any] | None = None, seed: int = 2
+) -> Any:
     torch.manual_seed(seed)
     hidden = llm.get_input_embeddings().weight.shape[1]
     return build(spec, ctx, options, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches)
 
 
-def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
-             connector_options: dict[str, Any] | None = None, fusion: Any = None,
-             fusion_options: dict[str, Any] | None = None) -> Any:
+def make_vlm(
+    tokenizer: Any,
+    ctx: Any,
+    *,
+    seed: int = 0,
+    connector: Any = "mlp",
+    connector_options: dict[str, Any] | None = None,
+    fusion: Any = None,
+    fusion_options: dict[str, Any] | None = None,
+) -> Any:
     """tiny CLIP -> connector -> fusion (default interleaved) into the tiny Llama; no PEFT applied yet.
 
     ``connector`` and ``fusion`` are component specs or built-in names."""
@@ -90,8 +146,9 @@ def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
     llm = make_llm(tokenizer, seed=seed + 1)
     conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2)
     fusion_obj = build(fusion_spec, ctx, fusion_options)
-    vlm = fusion_obj.build(llm=llm, vision_encoder=tower, connector=conn,
-                           image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    vlm = fusion_obj.build(
+        llm=llm, vision_encoder=tower, connector=conn, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    )
     vlm.manifest = {"components": {}, "save_llm_base": True, "model": "tiny-llama"}
     vlm.tokenizer = tokenizer
     vlm.fusion = fusion_obj
@@ -99,8 +156,9 @@ def make_vlm(tokenizer: Any, ctx: Any, *, seed: int = 0, connector: Any = "mlp",
     return vlm
 
 
-def make_batch(vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1, 1), text_len: int = 5,
-               seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(
+    vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1, 1), text_len: int = 5, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Right-padded rows of ``[text, <image> x T, ..., text]``: random ordinary-token ids (never a
     special token or the image token), random pixels, labels on the text only."""
     from vlmplug.train.llm import TINY_SPECIALS
@@ -131,7 +189,16 @@ def make_batch(vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1,
 
 def namespace() -> SimpleNamespace:
     """The builders as one object (the ``tiny`` fixture)."""
-    return SimpleNamespace(make_ctx=make_ctx, build=build, make_clip=make_clip, make_llm=make_llm,
-                           make_connector=make_connector, make_vlm=make_vlm, make_batch=make_batch,
-                           make_tokenizer=make_tokenizer, IMAGE_TOKEN=IMAGE_TOKEN, CLIP_OPTIONS=CLIP_OPTIONS,
-                           LLM_OVERRIDES=LLM_OVERRIDES)
+    return SimpleNamespace(
+        make_ctx=make_ctx,
+        build=build,
+        make_clip=make_clip,
+        make_llm=make_llm,
+        make_connector=make_connector,
+        make_vlm=make_vlm,
+        make_batch=make_batch,
+        make_tokenizer=make_tokenizer,
+        IMAGE_TOKEN=IMAGE_TOKEN,
+        CLIP_OPTIONS=CLIP_OPTIONS,
+        LLM_OVERRIDES=LLM_OVERRIDES,
+    )

@@ -16,8 +16,19 @@ from click.testing import CliRunner
 from vlmplug import __version__
 from vlmplug.cli import cli
 
-BUILTINS = {"clip", "linear", "mlp", "interleaved", "full", "lora", "messages", "shapes",
-            "gradient-checkpointing", "mixed-precision", "vqa"}
+BUILTINS = {
+    "clip",
+    "linear",
+    "mlp",
+    "interleaved",
+    "full",
+    "lora",
+    "messages",
+    "shapes",
+    "gradient-checkpointing",
+    "mixed-precision",
+    "vqa",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -101,8 +112,9 @@ def test_list_shows_a_broken_plugin_and_keeps_working(monkeypatch: pytest.Monkey
         def load(self) -> Any:
             raise SyntaxError("invalid syntax (plugin.py, line 3)")
 
-    monkeypatch.setattr(importlib.metadata, "entry_points",
-                        lambda group=None, **kw: [EP()] if group == "vlmplug" else [])
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group=None, **kw: [EP()] if group == "vlmplug" else []
+    )
     monkeypatch.delenv("VLMPLUG_LOAD_PLUGINS")
     res = invoke("list", "--json")
     assert res.exit_code == 0, res.output
@@ -110,7 +122,7 @@ def test_list_shows_a_broken_plugin_and_keeps_working(monkeypatch: pytest.Monkey
     assert rows["broken"]["status"] == "broken"
     assert rows["broken"]["provider"] == "vlmplug-broken-0.0.1"
     assert "SyntaxError" in rows["broken"]["error"]
-    assert BUILTINS <= set(rows)
+    assert set(rows) >= BUILTINS
     assert invoke("config", "--json").exit_code == 0
 
 
@@ -167,7 +179,7 @@ def test_recipes() -> None:
     assert "quickstart" in res.output
     res = invoke("recipes", "--json")
     items = {r["name"]: r["description"] for r in json.loads(res.stdout)}
-    assert "quickstart" in items and items["quickstart"]
+    assert items.get("quickstart")
 
 
 # -- config -------------------------------------------------------------------------------------------
@@ -184,8 +196,17 @@ def test_config_json() -> None:
 
 
 def test_config_plugins_and_set() -> None:
-    res = invoke("config", "quickstart", "--plugins", "lora,gradient-checkpointing", "--set", "lora_r=32",
-                 "-s", "learning_rate=1e-4", "--json")
+    res = invoke(
+        "config",
+        "quickstart",
+        "--plugins",
+        "lora,gradient-checkpointing",
+        "--set",
+        "lora_r=32",
+        "-s",
+        "learning_rate=1e-4",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["components"]["peft"] == "lora"
@@ -232,8 +253,8 @@ def test_debug_shows_the_exception() -> None:
 # -- score --------------------------------------------------------------------------------------------
 
 ROWS = [
-    {"id": "a", "prediction": "Red", "answers": ["red"], "question_type": "color"},   # exact match: 1.0
-    {"id": "b", "prediction": "two", "answers": ["3"], "question_type": "count"},      # wrong: 0.0
+    {"id": "a", "prediction": "Red", "answers": ["red"], "question_type": "color"},  # exact match: 1.0
+    {"id": "b", "prediction": "two", "answers": ["3"], "question_type": "count"},  # wrong: 0.0
     # VQAv2 10-answer row, prediction given by 2 annotators: each leave-one-out subset of 9 holds
     # 1 match (2 subsets) or 2 matches (8 subsets): (2 * 1/3 + 8 * 2/3) / 10 = 0.6
     {"id": "c", "prediction": "dog", "answers": ["dog", "dog"] + ["cat"] * 8, "question_type": "what"},
@@ -344,13 +365,19 @@ def guard_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list
     procs = {}
     for name, args in GUARDED.items():
         argv = [a.replace("{preds}", str(preds)) for a in args]
-        procs[name] = subprocess.Popen([sys.executable, "-c", GUARD, json.dumps(argv)], cwd=cwd, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-c", GUARD, json.dumps(argv)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     results = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         lines = [ln for ln in out.splitlines() if ln.startswith("HEAVY=")]
-        heavy = json.loads(lines[-1][len("HEAVY="):]) if lines else None
+        heavy = json.loads(lines[-1][len("HEAVY=") :]) if lines else None
         results[name] = (heavy, out + err)
     return results
 
@@ -373,16 +400,29 @@ def test_startup_guard_commands_really_ran(guard_runs: dict) -> None:
 
 
 def test_config_rejects_every_bad_number_at_once() -> None:
-    res = invoke("config", "--set", "learning_rate=0", "--set", "per_device_train_batch_size=0",
-                 "--set", "max_steps=-1", "--set", "eval_batch_size=0", "--set", "gradient_accumulation_steps=0")
+    res = invoke(
+        "config",
+        "--set",
+        "learning_rate=0",
+        "--set",
+        "per_device_train_batch_size=0",
+        "--set",
+        "max_steps=-1",
+        "--set",
+        "eval_batch_size=0",
+        "--set",
+        "gradient_accumulation_steps=0",
+    )
     assert res.exit_code == 2
     out = flat(res.output)
     assert "(5 problems)" in out
-    for line in ("--set learning_rate: must be > 0, got 0",
-                 "--set per_device_train_batch_size: must be >= 1, got 0",
-                 "--set max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs",
-                 "--set eval_batch_size: must be >= 1, got 0",
-                 "--set gradient_accumulation_steps: must be >= 1, got 0"):
+    for line in (
+        "--set learning_rate: must be > 0, got 0",
+        "--set per_device_train_batch_size: must be >= 1, got 0",
+        "--set max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs",
+        "--set eval_batch_size: must be >= 1, got 0",
+        "--set gradient_accumulation_steps: must be >= 1, got 0",
+    ):
         assert line in out, line
 
 
@@ -433,12 +473,29 @@ def test_library_warnings_stay_off_the_console_and_go_to_the_log(tmp_path: Path)
     from vlmplug.testing import TINY_RECIPE
 
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "max_steps": 1, "eval_before_training": False,
-                                      "lora_modules_to_save": ["lm_head"]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {**TINY_RECIPE, "max_steps": 1, "eval_before_training": False, "lora_modules_to_save": ["lm_head"]}
+        )
+    )
     env = {**os.environ, "VLMPLUG_LOAD_PLUGINS": "", "PYTHONWARNINGS": ""}
-    out = subprocess.run([sys.executable, "-m", "vlmplug", "train", str(recipe), "--plugins", "lora",
-                          "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env,
-                         timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmplug",
+            "train",
+            str(recipe),
+            "--plugins",
+            "lora",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     console = out.stdout + out.stderr
     assert "Warning" not in console and "warn(" not in console, console[-3000:]

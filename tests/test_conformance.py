@@ -23,16 +23,22 @@ def test_component_conforms(spec: Any) -> None:
 
 
 def test_every_family_is_covered() -> None:
-    assert {s.family for s in SPECS} == {"vision_encoder", "connector", "fusion", "peft", "dataset_format",
-                                         "optimizer_stack", "evaluator"}
+    assert {s.family for s in SPECS} == {
+        "vision_encoder",
+        "connector",
+        "fusion",
+        "peft",
+        "dataset_format",
+        "optimizer_stack",
+        "evaluator",
+    }
 
 
 def test_a_broken_component_fails_naming_the_member(tmp_path: Any) -> None:
     """The kit is not a rubber stamp: a connector whose output ignores its declared budget fails."""
     from vlmplug import ComponentSpec
 
-    spec = ComponentSpec(name="bad-budget", summary="x", factory=f"{__name__}:build_bad_connector",
-                         family="connector")
+    spec = ComponentSpec(name="bad-budget", summary="x", factory=f"{__name__}:build_bad_connector", family="connector")
     with pytest.raises(AssertionError, match="declared budget 4"):
         check_component(spec)
 

@@ -14,8 +14,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def hook_names() -> list[str]:
-    return [n for n, f in vars(hookspecs).items()
-            if inspect.isfunction(f) and hasattr(f, "vlmplug_spec")]
+    return [n for n, f in vars(hookspecs).items() if inspect.isfunction(f) and hasattr(f, "vlmplug_spec")]
 
 
 def test_every_hook_has_a_heading_with_its_signature() -> None:

@@ -18,8 +18,16 @@ from vlmplug.errors import PluginError, VlmplugError
 from .hardware import Hardware
 from .llm import PRESETS, load_llm
 
-__all__ = ["BuildContext", "build_component", "check_product", "llm_load_kwargs", "assemble_model", "model_manifest",
-           "DTYPES", "llm_dtype"]
+__all__ = [
+    "BuildContext",
+    "build_component",
+    "check_product",
+    "llm_load_kwargs",
+    "assemble_model",
+    "model_manifest",
+    "DTYPES",
+    "llm_dtype",
+]
 
 log = logging.getLogger("vlmplug")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -85,20 +93,36 @@ def llm_dtype(core: dict[str, Any]) -> Any:
     return torch.float32 if core["model"] in PRESETS and dtype == "auto" else dtype
 
 
-def assemble_model(*, single: dict[str, Any], fusion: Any, tokenizer: Any, core: dict[str, Any], ctx: Any,
-                   load_kwargs: dict[str, Any], llm: Any = None, tower: Any = None) -> Any:
+def assemble_model(
+    *,
+    single: dict[str, Any],
+    fusion: Any,
+    tokenizer: Any,
+    core: dict[str, Any],
+    ctx: Any,
+    load_kwargs: dict[str, Any],
+    llm: Any = None,
+    tower: Any = None,
+) -> Any:
     """Vision tower, LLM, connector and fusion -> the model (no PEFT yet). ``llm`` / ``tower`` may
     be given already loaded (reloading a saved model)."""
     tower = tower if tower is not None else build_component(single["vision_encoder"], ctx)
     from_preset = core["model"] in PRESETS
     if llm is None:
-        llm, from_preset = load_llm(core["model"], tokenizer, dtype=llm_dtype(core),
-                                    overrides=dict(core.get("model_config") or {}), load_kwargs=load_kwargs,
-                                    hub_kwargs=ctx.hub_kwargs, attn_implementation=core["attn_implementation"],
-                                    image_token=core["image_token"])
+        llm, from_preset = load_llm(
+            core["model"],
+            tokenizer,
+            dtype=llm_dtype(core),
+            overrides=dict(core.get("model_config") or {}),
+            load_kwargs=load_kwargs,
+            hub_kwargs=ctx.hub_kwargs,
+            attn_implementation=core["attn_implementation"],
+            image_token=core["image_token"],
+        )
     hidden = llm.get_input_embeddings().weight.shape[1]
-    connector = build_component(single["connector"], ctx, in_dim=tower.hidden_size, out_dim=hidden,
-                                num_input_tokens=tower.num_patches)
+    connector = build_component(
+        single["connector"], ctx, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches
+    )
     connector.to(next(llm.parameters()).dtype)
     image_token_id = tokenizer.convert_tokens_to_ids(core["image_token"])
     vlm = fusion.build(llm=llm, vision_encoder=tower, connector=connector, image_token_id=image_token_id)
@@ -110,18 +134,30 @@ def assemble_model(*, single: dict[str, Any], fusion: Any, tokenizer: Any, core:
 
 
 #: Core values a saved model needs to be rebuilt.
-MODEL_CORE_KEYS = ("model", "model_config", "dtype", "attn_implementation", "image_token", "trust_remote_code",
-                   "max_seq_length", "chat_template")
+MODEL_CORE_KEYS = (
+    "model",
+    "model_config",
+    "dtype",
+    "attn_implementation",
+    "image_token",
+    "trust_remote_code",
+    "max_seq_length",
+    "chat_template",
+)
 
 
-def model_manifest(single: dict[str, Any], core: dict[str, Any], save_llm_base: bool,
-                   tokens_per_image: int) -> dict[str, Any]:
+def model_manifest(
+    single: dict[str, Any], core: dict[str, Any], save_llm_base: bool, tokens_per_image: int
+) -> dict[str, Any]:
     """What ``vlmplug_model.json`` records: the components with their options and the core values.
     ``save_llm_base``: the base LLM cannot be reloaded from ``core["model"]`` (a random-init preset, or
     weights that come from a pretrained VLM), so adapter methods save it too."""
     from vlmplug._version import __version__
 
-    return {"vlmplug_version": __version__,
-            "components": {fam: sel.to_dict() for fam, sel in single.items()},
-            "core": {k: core.get(k) for k in MODEL_CORE_KEYS},
-            "save_llm_base": bool(save_llm_base), "tokens_per_image": tokens_per_image}
+    return {
+        "vlmplug_version": __version__,
+        "components": {fam: sel.to_dict() for fam, sel in single.items()},
+        "core": {k: core.get(k) for k in MODEL_CORE_KEYS},
+        "save_llm_base": bool(save_llm_base),
+        "tokens_per_image": tokens_per_image,
+    }

@@ -30,8 +30,17 @@ from vlmplug.errors import DataError
 
 IGNORE_INDEX = -100
 
-__all__ = ["IGNORE_INDEX", "SKIPPED_KEY", "SampleEncoder", "EncodedDataset", "TrainCollator", "load_image",
-           "check_image", "spread_indices", "sample_texts"]
+__all__ = [
+    "IGNORE_INDEX",
+    "SKIPPED_KEY",
+    "SampleEncoder",
+    "EncodedDataset",
+    "TrainCollator",
+    "load_image",
+    "check_image",
+    "spread_indices",
+    "sample_texts",
+]
 
 #: Batch key carrying the skips of a batch (popped by the trainer before the model sees the batch).
 SKIPPED_KEY = "vlmplug_skipped"
@@ -55,13 +64,19 @@ def sample_texts(samples: Sequence[dict[str, Any]], limit: int = 5000) -> list[s
 
 
 def _missing(where: str, ref: Any) -> DataError:
-    return DataError(f"{where}: image not found: {ref}; fix the path (relative to the data file) "
-                     f"or set on_bad_sample: skip", reason="missing-image", where=where)
+    return DataError(
+        f"{where}: image not found: {ref}; fix the path (relative to the data file) or set on_bad_sample: skip",
+        reason="missing-image",
+        where=where,
+    )
 
 
 def _url(where: str, ref: str) -> DataError:
-    return DataError(f"{where}: image URL {ref} -- download images first (vlmplug reads local files)",
-                     reason="image-url", where=where)
+    return DataError(
+        f"{where}: image URL {ref} -- download images first (vlmplug reads local files)",
+        reason="image-url",
+        where=where,
+    )
 
 
 def load_image(ref: Any, where: str) -> Image.Image:
@@ -83,8 +98,12 @@ def load_image(ref: Any, where: str) -> Image.Image:
     except FileNotFoundError:
         raise _missing(where, ref) from None
     except Exception as e:
-        raise DataError(f"{where}: cannot read image {str(ref)[:120]}: {type(e).__name__}: {e}; replace the file "
-                        f"or set on_bad_sample: skip", reason="unreadable-image", where=where) from None
+        raise DataError(
+            f"{where}: cannot read image {str(ref)[:120]}: {type(e).__name__}: {e}; replace the file "
+            f"or set on_bad_sample: skip",
+            reason="unreadable-image",
+            where=where,
+        ) from None
 
 
 def check_image(ref: Any, where: str) -> None:
@@ -92,8 +111,11 @@ def check_image(ref: Any, where: str) -> None:
     if isinstance(ref, (Image.Image, bytes, bytearray)) or (isinstance(ref, str) and ref.startswith("data:")):
         return
     if not isinstance(ref, str):
-        raise DataError(f"{where}: an image must be a path, data URI, bytes or PIL image, got {type(ref).__name__}",
-                        reason="malformed-row", where=where)
+        raise DataError(
+            f"{where}: an image must be a path, data URI, bytes or PIL image, got {type(ref).__name__}",
+            reason="malformed-row",
+            where=where,
+        )
     if ref.startswith(("http://", "https://")):
         raise _url(where, ref)
     if not Path(ref).is_file():
@@ -102,8 +124,11 @@ def check_image(ref: Any, where: str) -> None:
         with Image.open(ref) as im:
             im.size  # noqa: B018 - header parse
     except Exception as e:
-        raise DataError(f"{where}: {ref} is not a readable image ({type(e).__name__}: {e}); replace it "
-                        f"or set on_bad_sample: skip", reason="unreadable-image", where=where) from None
+        raise DataError(
+            f"{where}: {ref} is not a readable image ({type(e).__name__}: {e}); replace it or set on_bad_sample: skip",
+            reason="unreadable-image",
+            where=where,
+        ) from None
 
 
 class SampleEncoder:
@@ -128,9 +153,12 @@ class SampleEncoder:
             prefix = self._render(messages[:i], True) if i else ""
             upto = self._render(messages[: i + 1], False)
             if not upto.startswith(prefix) or not full.startswith(upto):
-                raise DataError(f"{where}: the chat template renders turns differently in prefixes, so assistant "
-                                f"turns cannot be located; set chat_template: in the recipe",
-                                reason="chat-template", where=where)
+                raise DataError(
+                    f"{where}: the chat template renders turns differently in prefixes, so assistant "
+                    f"turns cannot be located; set chat_template: in the recipe",
+                    reason="chat-template",
+                    where=where,
+                )
             spans.append((len(prefix), len(upto)))
         return spans
 
@@ -143,8 +171,10 @@ class SampleEncoder:
         spans = self._spans(messages, full, where)
         enc = self.tok(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        labels = [t if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-                  for t, (start, _) in zip(ids, enc["offset_mapping"])]
+        labels = [
+            t if any(s <= start < e for s, e in spans) else IGNORE_INDEX
+            for t, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
         if len(self._cache) < 200_000:
             self._cache[key] = (ids, labels)
         return ids, labels
@@ -152,9 +182,12 @@ class SampleEncoder:
     def _expand(self, ids: list[int], labels: list[int] | None, n_images: int, where: str):
         n_slots = sum(1 for t in ids if t == self.image_token_id)
         if n_slots != n_images:
-            raise DataError(f"{where}: {n_slots} '{self.image_token}' placeholder(s) in the text but {n_images} "
-                            f"image(s); put one '{self.image_token}' in a message for each image",
-                            reason="image-count", where=where)
+            raise DataError(
+                f"{where}: {n_slots} '{self.image_token}' placeholder(s) in the text but {n_images} "
+                f"image(s); put one '{self.image_token}' in a message for each image",
+                reason="image-count",
+                where=where,
+            )
         out_ids: list[int] = []
         out_labels: list[int] = []
         for j, t in enumerate(ids):
@@ -165,9 +198,12 @@ class SampleEncoder:
                 out_ids.append(t)
                 out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
         if len(out_ids) > self.max_seq_length:
-            raise DataError(f"{where}: {len(out_ids)} tokens ({n_images} image(s) x {self.tokens_per_image}) exceed "
-                            f"max_seq_length {self.max_seq_length}; raise max_seq_length or set on_bad_sample: skip",
-                            reason="too-long", where=where)
+            raise DataError(
+                f"{where}: {len(out_ids)} tokens ({n_images} image(s) x {self.tokens_per_image}) exceed "
+                f"max_seq_length {self.max_seq_length}; raise max_seq_length or set on_bad_sample: skip",
+                reason="too-long",
+                where=where,
+            )
         return out_ids, out_labels
 
     def encode(self, sample: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
@@ -191,9 +227,16 @@ class EncodedDataset(torch.utils.data.Dataset):
     in the item's ``SKIPPED_KEY``; otherwise its DataError stops the run.
     """
 
-    def __init__(self, samples: Sequence[dict[str, Any]], encoder: SampleEncoder | None, name: str, skip_bad: bool,
-                 progress: Callable[[int], None] | None = None,
-                 items: list[tuple[int, list[int], list[int]]] | None = None, skipped: list[dict] | None = None):
+    def __init__(
+        self,
+        samples: Sequence[dict[str, Any]],
+        encoder: SampleEncoder | None,
+        name: str,
+        skip_bad: bool,
+        progress: Callable[[int], None] | None = None,
+        items: list[tuple[int, list[int], list[int]]] | None = None,
+        skipped: list[dict] | None = None,
+    ):
         self.samples = samples
         self.name = name
         self.skip_bad = skip_bad
@@ -232,8 +275,11 @@ class EncodedDataset(torch.utils.data.Dataset):
         i, ids, labels = self.items[k]
         sample = self.samples[i]
         where = _where(sample, i, self.name)
-        return {"input_ids": ids, "labels": labels,
-                "images": [load_image(ref, where) for ref in sample.get("images") or []]}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "images": [load_image(ref, where) for ref in sample.get("images") or []],
+        }
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         skips: list[dict] = []
@@ -247,15 +293,20 @@ class EncodedDataset(torch.utils.data.Dataset):
                 continue
             item[SKIPPED_KEY] = skips
             return item
-        raise DataError(f"{self.name}: no sample could be loaded ({len(skips)} failed); first: {skips[0]['message']}",
-                        reason="empty")
+        raise DataError(
+            f"{self.name}: no sample could be loaded ({len(skips)} failed); first: {skips[0]['message']}",
+            reason="empty",
+        )
 
 
 def _as_skip(error: Any) -> dict:
     if isinstance(error, dict):
         return error
-    return {"reason": getattr(error, "reason", "bad-sample"), "where": getattr(error, "where", None),
-            "message": str(error)}
+    return {
+        "reason": getattr(error, "reason", "bad-sample"),
+        "where": getattr(error, "where", None),
+        "message": str(error),
+    }
 
 
 class TrainCollator:

@@ -46,10 +46,20 @@ def _prompt(sample: dict[str, Any], index: int, evaluator: Any, encoder: SampleE
 
 
 @torch.no_grad()
-def generate_records(vlm: Any, samples: Sequence[dict[str, Any]], *, evaluator: Any, encoder: SampleEncoder,
-                     tokenizer: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], batch_size: int,
-                     max_new_tokens: int, limit: int | None = None, skips: SkipReport | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def generate_records(
+    vlm: Any,
+    samples: Sequence[dict[str, Any]],
+    *,
+    evaluator: Any,
+    encoder: SampleEncoder,
+    tokenizer: Any,
+    preprocess: Callable[[list[Image.Image]], torch.Tensor],
+    batch_size: int,
+    max_new_tokens: int,
+    limit: int | None = None,
+    skips: SkipReport | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
     """Greedy-decode an answer for each sample; return ``{id, question, prediction, **references}``.
 
     A bad sample raises its DataError, or is counted in ``skips`` when that is given."""
@@ -77,8 +87,14 @@ def generate_records(vlm: Any, samples: Sequence[dict[str, Any]], *, evaluator: 
             if batch:
                 texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device)
                 for s, text in zip(batch, texts):
-                    records.append({"id": s.get("id"), "question": _last_user(s["messages"]),
-                                    "prediction": evaluator.parse(text), **evaluator.references(s)})
+                    records.append(
+                        {
+                            "id": s.get("id"),
+                            "question": _last_user(s["messages"]),
+                            "prediction": evaluator.parse(text),
+                            **evaluator.references(s),
+                        }
+                    )
             if progress is not None:
                 progress(min(n, lo + batch_size) - lo)
     finally:
@@ -86,18 +102,32 @@ def generate_records(vlm: Any, samples: Sequence[dict[str, Any]], *, evaluator: 
     return records
 
 
-def _generate(vlm: Any, prompts: list[list[int]], images: list[Image.Image], tokenizer: Any,
-              preprocess: Callable[[list[Image.Image]], torch.Tensor], max_new_tokens: int, pad: int,
-              device: torch.device) -> list[str]:
+def _generate(
+    vlm: Any,
+    prompts: list[list[int]],
+    images: list[Image.Image],
+    tokenizer: Any,
+    preprocess: Callable[[list[Image.Image]], torch.Tensor],
+    max_new_tokens: int,
+    pad: int,
+    device: torch.device,
+) -> list[str]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):  # left padding, so every prompt ends where generation starts
-        ids[r, width - len(p):] = torch.tensor(p)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
     pixel_values = preprocess(images).to(device) if images else None
-    out = vlm.generate(ids.to(device), mask.to(device), pixel_values, max_new_tokens=max_new_tokens,
-                       do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    out = vlm.generate(
+        ids.to(device),
+        mask.to(device),
+        pixel_values,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
@@ -116,12 +146,29 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]
 class Evaluation:
     """Every eval set x every evaluator, with progress bars, predictions files and skip counting."""
 
-    def __init__(self, *, vlm: Any, sets: list[EvalSet], evaluators: list[tuple[str, Any]], encoder: SampleEncoder,
-                 tokenizer: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], core: dict[str, Any],
-                 skip_bad: bool, console: Any, run_dir: Path, notify: Callable[..., None]):
+    def __init__(
+        self,
+        *,
+        vlm: Any,
+        sets: list[EvalSet],
+        evaluators: list[tuple[str, Any]],
+        encoder: SampleEncoder,
+        tokenizer: Any,
+        preprocess: Callable[[list[Image.Image]], torch.Tensor],
+        core: dict[str, Any],
+        skip_bad: bool,
+        console: Any,
+        run_dir: Path,
+        notify: Callable[..., None],
+    ):
         self.vlm, self.sets, self.evaluators = vlm, sets, evaluators
-        self.gen = dict(encoder=encoder, tokenizer=tokenizer, preprocess=preprocess,
-                        batch_size=core["eval_batch_size"], max_new_tokens=core["eval_max_new_tokens"])
+        self.gen = dict(
+            encoder=encoder,
+            tokenizer=tokenizer,
+            preprocess=preprocess,
+            batch_size=core["eval_batch_size"],
+            max_new_tokens=core["eval_max_new_tokens"],
+        )
         self.max_samples: int | None = core.get("eval_max_samples")
         self.curve_samples = min(core["eval_curve_samples"], self.max_samples or core["eval_curve_samples"])
         self.skips = SkipReport()
@@ -132,10 +179,12 @@ class Evaluation:
     def enabled(self) -> bool:
         return bool(self.sets and self.evaluators)
 
-    def _records(self, s: EvalSet, evaluator: Any, limit: int | None, progress: Callable[[int], None],
-                 skips: SkipReport | None) -> list[dict[str, Any]]:
-        return generate_records(self.vlm, s.samples, evaluator=evaluator, limit=limit, progress=progress,
-                                skips=skips, **self.gen)
+    def _records(
+        self, s: EvalSet, evaluator: Any, limit: int | None, progress: Callable[[int], None], skips: SkipReport | None
+    ) -> list[dict[str, Any]]:
+        return generate_records(
+            self.vlm, s.samples, evaluator=evaluator, limit=limit, progress=progress, skips=skips, **self.gen
+        )
 
     def run(self, label: str) -> dict[str, dict[str, Any]]:
         """Evaluate every set with every evaluator; write ``predictions_<label>.jsonl``."""
@@ -177,8 +226,11 @@ class Evaluation:
         parts = []
         for name, ev in self.evaluators:
             value = per_evaluator.get(name, {}).get(ev.primary_metric)
-            parts.append(f"{name} {ev.primary_metric} {value:.3f}" if isinstance(value, float)
-                         else f"{name} {ev.primary_metric} {value}")
+            parts.append(
+                f"{name} {ev.primary_metric} {value:.3f}"
+                if isinstance(value, float)
+                else f"{name} {ev.primary_metric} {value}"
+            )
         return ", ".join(parts)
 
     def baselines(self, train: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -18,9 +18,16 @@ from vlmplug.errors import ConfigError
 
 __all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokenizer", "load_llm", "vocab_needed"]
 
-PRESETS = {
-    "tiny-llama": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True),
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-llama": dict(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
 }
 
 # The space after each role tag is the word-boundary marker the tokenizer puts there anyway, so
@@ -45,15 +52,17 @@ def build_tiny_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int
 
     tok = Tokenizer(models.BPE(byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(),
-                                     decoders.Metaspace(replacement="\u2581", prepend_scheme="always")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581", prepend_scheme="always")]
+    )
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size + len(bytes_), special_tokens=[*TINY_SPECIALS, image_token,
-                                                                                        *bytes_],
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + len(bytes_), special_tokens=[*TINY_SPECIALS, image_token, *bytes_], show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
-                                   additional_special_tokens=[image_token])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>", additional_special_tokens=[image_token]
+    )
     fast.chat_template = TINY_CHAT_TEMPLATE
     return fast
 
@@ -85,19 +94,33 @@ def vocab_needed(tokenizer: Any, image_token: str | None = None) -> int:
     return n - 1 if image_id == n - 1 else n
 
 
-def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any], load_kwargs: dict[str, Any],
-             hub_kwargs: dict[str, Any], attn_implementation: str, image_token: str | None = None) -> tuple[Any, bool]:
+def load_llm(
+    model: str,
+    tokenizer: Any,
+    *,
+    dtype: Any,
+    overrides: dict[str, Any],
+    load_kwargs: dict[str, Any],
+    hub_kwargs: dict[str, Any],
+    attn_implementation: str,
+    image_token: str | None = None,
+) -> tuple[Any, bool]:
     """Return ``(model, from_preset)``; embeddings grow only when the tokenizer has new tokens other
     than the image token (see :func:`vocab_needed`)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    attn: dict[str, Any] = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     if overrides:
         _check_overrides(overrides, LlamaConfig() if model in PRESETS else None, model)
     if model in PRESETS:
-        cfg = LlamaConfig(**{**PRESETS[model], **overrides}, vocab_size=len(tokenizer),
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                          bos_token_id=tokenizer.bos_token_id, **attn)
+        cfg = LlamaConfig(
+            **{**PRESETS[model], **overrides},
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            **attn,
+        )
         from transformers import LlamaForCausalLM
 
         llm = LlamaForCausalLM(cfg).to(dtype)
@@ -109,11 +132,16 @@ def load_llm(model: str, tokenizer: Any, *, dtype: Any, overrides: dict[str, Any
     for key, value in overrides.items():
         setattr(llm.config, key, value)
     needed = vocab_needed(tokenizer, image_token)
-    if needed > llm.get_input_embeddings().weight.shape[0]:
+    rows = int(_embedding_rows(llm))
+    if needed > rows:
         llm.resize_token_embeddings(needed)
     if llm.generation_config.pad_token_id is None:
         llm.generation_config.pad_token_id = tokenizer.pad_token_id
     return llm, False
+
+
+def _embedding_rows(llm: Any) -> int:
+    return int(llm.get_input_embeddings().weight.shape[0])
 
 
 def _check_overrides(overrides: dict[str, Any], config: Any, model: str) -> None:
@@ -125,5 +153,10 @@ def _check_overrides(overrides: dict[str, Any], config: Any, model: str) -> None
     valid = set(config.to_dict())
     bad = [k for k in overrides if k not in valid]
     if bad:
-        raise ConfigError([f"model_config.{k}: not a field of {type(config).__name__} ({model})"
-                           f"{did_you_mean(k, valid)}" for k in bad], header="model_config")
+        raise ConfigError(
+            [
+                f"model_config.{k}: not a field of {type(config).__name__} ({model}){did_you_mean(k, valid)}"
+                for k in bad
+            ],
+            header="model_config",
+        )

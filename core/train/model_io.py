@@ -31,8 +31,9 @@ def find_model_dir(path: str | Path) -> Path:
     for candidate in (p, p / "model"):
         if (candidate / MANIFEST).is_file():
             return candidate
-    raise ConfigError(f"{path}: no saved vlmplug model here (no {MANIFEST}); give a run directory or its "
-                      f"model/ folder", header="load")
+    raise ConfigError(
+        f"{path}: no saved vlmplug model here (no {MANIFEST}); give a run directory or its model/ folder", header="load"
+    )
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
@@ -43,15 +44,18 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(f"{model_dir / MANIFEST}: not valid JSON ({e})", header="load") from None
     if not isinstance(data, dict) or "components" not in data or "core" not in data:
-        raise ConfigError(f"{model_dir / MANIFEST}: not a vlmplug model manifest (written by an older vlmplug?)",
-                          header="load")
+        raise ConfigError(
+            f"{model_dir / MANIFEST}: not a vlmplug model manifest (written by an older vlmplug?)", header="load"
+        )
 
     def resolve(value: Any) -> Any:
         return str(model_dir.resolve() / value[2:]) if isinstance(value, str) and value.startswith("./") else value
 
     data["core"] = {k: resolve(v) for k, v in data["core"].items()}
-    data["components"] = {fam: ({k: resolve(v) for k, v in entry.items()} if isinstance(entry, dict) else entry)
-                          for fam, entry in data["components"].items()}
+    data["components"] = {
+        fam: ({k: resolve(v) for k, v in entry.items()} if isinstance(entry, dict) else entry)
+        for fam, entry in data["components"].items()
+    }
     return data
 
 
@@ -72,8 +76,10 @@ def selections_from_manifest(components: dict[str, Any], registry: Any, where: s
         entry.pop("label", None)
         spec = registry.get(name)
         if spec is None:
-            problems.append(f"{where} needs {fam} '{name}' (from {provider}), which no installed plugin provides; "
-                            f"install it (see `vlmplug list`)")
+            problems.append(
+                f"{where} needs {fam} '{name}' (from {provider}), which no installed plugin provides; "
+                f"install it (see `vlmplug list`)"
+            )
             continue
         options, errs = validate_options(spec, entry, f"{where}: {fam}")
         problems += errs
@@ -90,8 +96,10 @@ def _load_state(module: Any, path: Path) -> None:
     expected = set(unique_tensors(module.state_dict()))
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ConfigError(f"{path}: weights do not match the rebuilt module (missing {missing[:5]}, unexpected "
-                          f"{unexpected[:5]})", header="load")
+        raise ConfigError(
+            f"{path}: weights do not match the rebuilt module (missing {missing[:5]}, unexpected {unexpected[:5]})",
+            header="load",
+        )
     module.load_state_dict(state, strict=False)
 
 
@@ -109,9 +117,13 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
     host = host or load_plugins()
     single = selections_from_manifest(manifest["components"], host.registry, str(model_dir))
     core = dict(manifest["core"])
-    ctx = BuildContext(recipe=None, torch_dtype=DTYPES[core["dtype"]],
-                       hub_kwargs={"trust_remote_code": bool(core.get("trust_remote_code"))}, on_bad_sample="error",
-                       hardware=Hardware.probe())
+    ctx = BuildContext(
+        recipe=None,
+        torch_dtype=DTYPES[core["dtype"]],
+        hub_kwargs={"trust_remote_code": bool(core.get("trust_remote_code"))},
+        on_bad_sample="error",
+        hardware=Hardware.probe(),
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
     parts = manifest.get("parts", {})
     tower = build_component(single["vision_encoder"], ctx)
@@ -120,9 +132,16 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
     files = manifest.get("llm_files", {"llm": "llm"})
 
     def load_base() -> Any:
-        return load_llm(core["model"], tokenizer, dtype=llm_dtype(core), overrides=dict(core.get("model_config") or {}),
-                        load_kwargs={}, hub_kwargs=ctx.hub_kwargs, attn_implementation=core["attn_implementation"],
-                        image_token=core["image_token"])[0]
+        return load_llm(
+            core["model"],
+            tokenizer,
+            dtype=llm_dtype(core),
+            overrides=dict(core.get("model_config") or {}),
+            load_kwargs={},
+            hub_kwargs=ctx.hub_kwargs,
+            attn_implementation=core["attn_implementation"],
+            image_token=core["image_token"],
+        )[0]
 
     peft = build_component(single["peft"], ctx) if "peft" in single else None
     if peft is not None:
@@ -130,8 +149,9 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
     else:
         llm = AutoModelForCausalLM.from_pretrained(model_dir / files["llm"], dtype=llm_dtype(core), **ctx.hub_kwargs)
     fusion = build_component(single["fusion"], ctx)
-    vlm = assemble_model(single=single, fusion=fusion, tokenizer=tokenizer, core=core, ctx=ctx, load_kwargs={},
-                         llm=llm, tower=tower)
+    vlm = assemble_model(
+        single=single, fusion=fusion, tokenizer=tokenizer, core=core, ctx=ctx, load_kwargs={}, llm=llm, tower=tower
+    )
     _load_state(vlm.connector, model_dir / parts.get("connector", "connector.safetensors"))
     vlm.peft_method = peft
     vlm.manifest = manifest

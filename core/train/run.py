@@ -74,8 +74,14 @@ class Training:
     skips: SkipReport = field(default_factory=SkipReport)
 
 
-def run(recipe: ResolvedRecipe, host: Any, *, output_dir: str | None = None, console: Any = None,
-        argv: list[str] | None = None) -> RunResult:
+def run(
+    recipe: ResolvedRecipe,
+    host: Any,
+    *,
+    output_dir: str | None = None,
+    console: Any = None,
+    argv: list[str] | None = None,
+) -> RunResult:
     """Train ``recipe``; return the run directory, the metrics and the trained model."""
     from rich.console import Console
 
@@ -122,11 +128,16 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
 
 # -- stages ----------------------------------------------------------------------------------------
 
+
 def _context(recipe: ResolvedRecipe) -> BuildContext:
     core = recipe.core
-    return BuildContext(recipe=recipe, torch_dtype=DTYPES[core["dtype"]],
-                        hub_kwargs={"trust_remote_code": bool(core["trust_remote_code"])},
-                        on_bad_sample=core["on_bad_sample"], hardware=Hardware.probe())
+    return BuildContext(
+        recipe=recipe,
+        torch_dtype=DTYPES[core["dtype"]],
+        hub_kwargs={"trust_remote_code": bool(core["trust_remote_code"])},
+        on_bad_sample=core["on_bad_sample"],
+        hardware=Hardware.probe(),
+    )
 
 
 def _announce(recipe: ResolvedRecipe, host: Any, s: Session, ctx: BuildContext) -> None:
@@ -162,17 +173,26 @@ def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack:
     from transformers import TrainingArguments
 
     args: dict[str, Any] = {
-        "output_dir": str(s.run_dir / "checkpoints"), "report_to": "none", "disable_tqdm": True,
-        "remove_unused_columns": False, "save_strategy": "no", "logging_steps": 10, "use_cpu": not ctx.hardware.cuda,
-        "dataloader_num_workers": 0, "per_device_train_batch_size": 8, "learning_rate": 2e-4,
+        "output_dir": str(s.run_dir / "checkpoints"),
+        "report_to": "none",
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "save_strategy": "no",
+        "logging_steps": 10,
+        "use_cpu": not ctx.hardware.cuda,
+        "dataloader_num_workers": 0,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 2e-4,
         "log_level": "warning",
     }
     args.update(recipe.training)
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
     unknown = [k for k in recipe.training_args if k not in valid]
     if unknown:
-        raise ConfigError([f"training_args.{k}: not a TrainingArguments field{did_you_mean(k, valid)}" for k in unknown],
-                          header="training arguments are invalid")
+        raise ConfigError(
+            [f"training_args.{k}: not a TrainingArguments field{did_you_mean(k, valid)}" for k in unknown],
+            header="training arguments are invalid",
+        )
     args.update(recipe.training_args)
     for comp in stack:
         args = comp.update_training_args(args, ctx.hardware, ctx.note)
@@ -205,8 +225,9 @@ def _pretrained_dir(recipe: ResolvedRecipe, ctx: BuildContext, s: Session, host:
         s.say(f"  importing {found['model']} ({found['format']}) into {target}")
 
         def write(tmp: Path) -> None:
-            if not host.import_model(model=found["model"], format=found["format"], out_dir=str(tmp),
-                                     hub_kwargs=ctx.hub_kwargs):
+            if not host.import_model(
+                model=found["model"], format=found["format"], out_dir=str(tmp), hub_kwargs=ctx.hub_kwargs
+            ):
                 raise ConfigError(f"model: no plugin imports the {found['format']} format", header="import")
 
         save_atomically(target, write)
@@ -226,8 +247,9 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
             tokenizer.chat_template = core["chat_template"]
         return tokenizer
     if core.get("tokenizer") is not None or core["model"] not in PRESETS:
-        return load_tokenizer(core.get("tokenizer") or core["model"], core["image_token"], ctx.hub_kwargs,
-                              core.get("chat_template"))
+        return load_tokenizer(
+            core.get("tokenizer") or core["model"], core["image_token"], ctx.hub_kwargs, core.get("chat_template")
+        )
     cache = s.run_dir / CACHE / "tokenizer"
     with s.main_first():
         if s.is_main:
@@ -244,19 +266,34 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
     return tokenizer
 
 
-def _build_model(recipe: ResolvedRecipe, parts: Parts, tokenizer: Any, ctx: BuildContext, s: Session,
-                 host: Any, pretrained: Path | None) -> Any:
+def _build_model(
+    recipe: ResolvedRecipe,
+    parts: Parts,
+    tokenizer: Any,
+    ctx: BuildContext,
+    s: Session,
+    host: Any,
+    pretrained: Path | None,
+) -> Any:
     if pretrained is None:
-        vlm = assemble_model(single=recipe.single, fusion=parts.fusion, tokenizer=tokenizer, core=recipe.core,
-                             ctx=ctx, load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]))
+        vlm = assemble_model(
+            single=recipe.single,
+            fusion=parts.fusion,
+            tokenizer=tokenizer,
+            core=recipe.core,
+            ctx=ctx,
+            load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]),
+        )
     else:
         vlm = _load_pretrained(recipe, pretrained, host)
     vlm = parts.peft.apply(vlm)
     for comp in parts.stack:
         vlm = comp.patch_model(vlm)
     trainable, total = vlm.trainable_parameters()
-    s.say(f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
-          f"({100 * trainable / max(total, 1):.1f}%), {vlm.tokens_per_image} tokens/image")
+    s.say(
+        f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
+        f"({100 * trainable / max(total, 1):.1f}%), {vlm.tokens_per_image} tokens/image"
+    )
     host.notify("on_model_built", model=vlm, recipe=recipe)
     return vlm
 
@@ -272,12 +309,22 @@ def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any) -> Any
         vlm = vlm.peft_method.merge(vlm)
     vlm.peft_method = None
     saved = vlm.manifest
-    single = {**selections_from_manifest({k: v for k, v in saved["components"].items() if k != "peft"},
-                                         host.registry, str(pretrained)), "peft": recipe.single["peft"]}
-    core = {**saved["core"], "max_seq_length": recipe.core["max_seq_length"],
-            "chat_template": recipe.core.get("chat_template")}
-    vlm.manifest = {**model_manifest(single, core, True, vlm.tokens_per_image), "save_vision_encoder": True,
-                    "initialised_from": str(recipe.pretrained["model"]) if recipe.pretrained else str(pretrained)}
+    single = {
+        **selections_from_manifest(
+            {k: v for k, v in saved["components"].items() if k != "peft"}, host.registry, str(pretrained)
+        ),
+        "peft": recipe.single["peft"],
+    }
+    core = {
+        **saved["core"],
+        "max_seq_length": recipe.core["max_seq_length"],
+        "chat_template": recipe.core.get("chat_template"),
+    }
+    vlm.manifest = {
+        **model_manifest(single, core, True, vlm.tokens_per_image),
+        "save_vision_encoder": True,
+        "initialised_from": str(recipe.pretrained["model"]) if recipe.pretrained else str(pretrained),
+    }
     return vlm
 
 
@@ -293,37 +340,59 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
         if s.is_main:
             with Progress(console=s.console, transient=True) as progress:
                 task = progress.add_task("tokenizing", total=len(data.train))
-                dataset = EncodedDataset(data.train, encoder, "datasets", skip,
-                                         progress=lambda k: progress.advance(task, k))
+                dataset = EncodedDataset(
+                    data.train, encoder, "datasets", skip, progress=lambda k: progress.advance(task, k)
+                )
             if s.world_size > 1:
                 cache.write_text(json.dumps({"items": dataset.items, "skipped": dataset.skipped}))
         else:
             cached = json.loads(cache.read_text())
-            dataset = EncodedDataset(data.train, None, "datasets", skip, items=[tuple(i) for i in cached["items"]],
-                                     skipped=cached["skipped"])
+            dataset = EncodedDataset(
+                data.train, None, "datasets", skip, items=[tuple(i) for i in cached["items"]], skipped=cached["skipped"]
+            )
     training = Training(dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder)
     for comp in parts.stack:
         training.collator = comp.wrap_collator(training.collator)
     training.skips.extend(dataset.skipped)
     if dataset.skipped:
-        s.say(f"  [yellow]skipped {len(dataset.skipped)} bad training sample(s)[/] (on_bad_sample: skip); "
-              f"reasons in metrics.json")
+        s.say(
+            f"  [yellow]skipped {len(dataset.skipped)} bad training sample(s)[/] (on_bad_sample: skip); "
+            f"reasons in metrics.json"
+        )
     return training
 
 
-def _evaluation(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, training: Training,
-                s: Session, host: Any) -> Evaluation:
-    evaluation = Evaluation(vlm=vlm, sets=data.eval_sets, evaluators=parts.evaluators, encoder=training.encoder,
-                            tokenizer=tokenizer, preprocess=vlm.vision_encoder.preprocess, core=recipe.core,
-                            skip_bad=recipe.core["on_bad_sample"] == "skip", console=s.console, run_dir=s.run_dir,
-                            notify=host.notify)
+def _evaluation(
+    recipe: ResolvedRecipe,
+    vlm: Any,
+    tokenizer: Any,
+    parts: Parts,
+    data: Data,
+    training: Training,
+    s: Session,
+    host: Any,
+) -> Evaluation:
+    evaluation = Evaluation(
+        vlm=vlm,
+        sets=data.eval_sets,
+        evaluators=parts.evaluators,
+        encoder=training.encoder,
+        tokenizer=tokenizer,
+        preprocess=vlm.vision_encoder.preprocess,
+        core=recipe.core,
+        skip_bad=recipe.core["on_bad_sample"] == "skip",
+        console=s.console,
+        run_dir=s.run_dir,
+        notify=host.notify,
+    )
     if not evaluation.enabled:
         s.say("  note: no eval_datasets or evaluators: skipping held-out evaluation")
     return evaluation
 
 
-def _evaluate_before(recipe: ResolvedRecipe, evaluation: Evaluation, data: Data, metrics: dict[str, Any],
-                     s: Session) -> None:
+def _evaluate_before(
+    recipe: ResolvedRecipe, evaluation: Evaluation, data: Data, metrics: dict[str, Any], s: Session
+) -> None:
     if evaluation.enabled and s.is_main:
         metrics["baselines"] = evaluation.baselines(data.train)
         if recipe.core["eval_before_training"]:
@@ -331,8 +400,16 @@ def _evaluate_before(recipe: ResolvedRecipe, evaluation: Evaluation, data: Data,
     s.wait()
 
 
-def _train(recipe: ResolvedRecipe, parts: Parts, vlm: Any, training: Training, evaluation: Evaluation, s: Session,
-           host: Any, metrics: dict[str, Any]) -> None:
+def _train(
+    recipe: ResolvedRecipe,
+    parts: Parts,
+    vlm: Any,
+    training: Training,
+    evaluation: Evaluation,
+    s: Session,
+    host: Any,
+    metrics: dict[str, Any],
+) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, TrainClock, VLMTrainer
@@ -353,9 +430,16 @@ def _train(recipe: ResolvedRecipe, parts: Parts, vlm: Any, training: Training, e
     if evaluation.enabled and s.is_main and recipe.core.get("eval_every_steps"):
         curve = CurveCallback(recipe.core["eval_every_steps"], evaluation.curve_point, clock, s.say)
         callbacks.append(curve)
-    trainer = VLMTrainer(model=vlm, args=args, train_dataset=training.dataset, data_collator=training.collator,
-                         callbacks=callbacks, optimizers=(_optimizer(recipe, parts, vlm, args), None), clock=clock,
-                         on_skipped=training.skips.extend)
+    trainer = VLMTrainer(
+        model=vlm,
+        args=args,
+        train_dataset=training.dataset,
+        data_collator=training.collator,
+        callbacks=callbacks,
+        optimizers=(_optimizer(recipe, parts, vlm, args), None),
+        clock=clock,
+        on_skipped=training.skips.extend,
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     try:
@@ -373,8 +457,10 @@ def _optimizer(recipe: ResolvedRecipe, parts: Parts, vlm: Any, args: Any) -> Any
     built = [(sel.name, comp.create_optimizer(vlm, args)) for sel, comp in zip(recipe.optimizer_stack, parts.stack)]
     built = [(name, opt) for name, opt in built if opt is not None]
     if len(built) > 1:
-        raise ConfigError(f"optimizer stack: {', '.join(n for n, _ in built)} each build the optimizer; keep one",
-                          header="optimizer stack")
+        raise ConfigError(
+            f"optimizer stack: {', '.join(n for n, _ in built)} each build the optimizer; keep one",
+            header="optimizer stack",
+        )
     return built[0][1] if built else None
 
 
@@ -421,11 +507,15 @@ def _train_metrics(state: Any, clock: Any, samples_per_step: int) -> dict[str, A
         weighted += h["loss"] * (h["step"] - prev)
         prev = h["step"]
     steps = state.global_step
-    return {"steps": steps, "wall_time_s": round(clock.seconds, 2), "samples": steps * samples_per_step,
-            "samples_per_s": round(steps * samples_per_step / max(clock.seconds, 1e-9), 2),
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_loss": weighted / prev if prev else None}
+    return {
+        "steps": steps,
+        "wall_time_s": round(clock.seconds, 2),
+        "samples": steps * samples_per_step,
+        "samples_per_s": round(steps * samples_per_step / max(clock.seconds, 1e-9), 2),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_loss": weighted / prev if prev else None,
+    }
 
 
 def _save_model(vlm: Any, s: Session, host: Any) -> None:
@@ -445,8 +535,9 @@ def _finish_curve(metrics: dict[str, Any], evaluation: Evaluation) -> None:
     after = metrics["after"][first]
     n = min(len(evaluation.sets[0].samples), evaluation.max_samples or len(evaluation.sets[0].samples))
     train = metrics["train"]
-    metrics["curve"].append({"step": train["steps"], "train_seconds": train["wall_time_s"], "samples": n,
-                             "metrics": after})
+    metrics["curve"].append(
+        {"step": train["steps"], "train_seconds": train["wall_time_s"], "samples": n, "metrics": after}
+    )
 
 
 def _say_how_to_resume(recipe: ResolvedRecipe, s: Session) -> None:
@@ -455,16 +546,28 @@ def _say_how_to_resume(recipe: ResolvedRecipe, s: Session) -> None:
     found = complete_checkpoints(s.run_dir / "checkpoints")
     source = recipe.source if not recipe.source.startswith("<") else "RECIPE"
     if found:
-        s.say(f"[yellow]interrupted[/]: last checkpoint {found[-1]}\nresume with:  vlmplug train "
-              f"{source.removeprefix('vlmplug:')} --output-dir {s.run_dir} --set resume_from_checkpoint=last "
-              f"(plus the --plugins / --set options you used)")
+        s.say(
+            f"[yellow]interrupted[/]: last checkpoint {found[-1]}\nresume with:  vlmplug train "
+            f"{source.removeprefix('vlmplug:')} --output-dir {s.run_dir} --set resume_from_checkpoint=last "
+            f"(plus the --plugins / --set options you used)"
+        )
     else:
-        s.say("[yellow]interrupted[/]: no checkpoint was saved (save_strategy: steps with save_steps: N keeps them); "
-              "the run has to start again")
+        s.say(
+            "[yellow]interrupted[/]: no checkpoint was saved (save_strategy: steps with save_steps: N keeps them); "
+            "the run has to start again"
+        )
 
 
-def _write_outputs(recipe: ResolvedRecipe, metrics: dict[str, Any], evaluation: Evaluation, training: Training,
-                   s: Session, ctx: BuildContext, status: str, t_start: float) -> None:
+def _write_outputs(
+    recipe: ResolvedRecipe,
+    metrics: dict[str, Any],
+    evaluation: Evaluation,
+    training: Training,
+    s: Session,
+    ctx: BuildContext,
+    status: str,
+    t_start: float,
+) -> None:
     """metrics.json, resolved_recipe.yaml and run.json -- also when the run failed part-way."""
     skips = _gather_skips(training.skips, s)
     if not s.is_main:
@@ -484,8 +587,10 @@ def _write_outputs(recipe: ResolvedRecipe, metrics: dict[str, Any], evaluation: 
         _summary(s, metrics, evaluation)
         for line in skips.lines() + evaluation.skips.lines():
             s.say(f"  [yellow]skipped[/] {line}")
-        s.say(f"saved to {s.run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
-              f"in {metrics['wall_time_s']:.0f}s")
+        s.say(
+            f"saved to {s.run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
+            f"in {metrics['wall_time_s']:.0f}s"
+        )
 
 
 def _gather_skips(local: SkipReport, s: Session) -> SkipReport:

@@ -79,8 +79,10 @@ def _resume_explicit(resume: str, explicit: str | None) -> tuple[Path, Path]:
     ckpt = Path(resume)
     problem = _checkpoint_problem(ckpt)
     if problem:
-        raise _error(f"resume_from_checkpoint: {problem}; give a checkpoint-N folder of a run, or 'last' "
-                     f"with --output-dir RUN_DIR")
+        raise _error(
+            f"resume_from_checkpoint: {problem}; give a checkpoint-N folder of a run, or 'last' "
+            f"with --output-dir RUN_DIR"
+        )
     if explicit:
         return Path(explicit), ckpt
     run_dir = ckpt.parent.parent
@@ -94,8 +96,10 @@ def _last_checkpoint(run_dir: Path) -> Path:
         raise _error(f"resume_from_checkpoint: last: {run_dir} is not a vlmplug run directory (no {RUN_FILE})")
     found = complete_checkpoints(run_dir / CHECKPOINTS)
     if not found:
-        raise _error(f"resume_from_checkpoint: last: {run_dir} has no complete checkpoint; it saved none "
-                     f"(set save_strategy: steps and save_steps) or was interrupted before the first")
+        raise _error(
+            f"resume_from_checkpoint: last: {run_dir} has no complete checkpoint; it saved none "
+            f"(set save_strategy: steps and save_steps) or was interrupted before the first"
+        )
     return found[-1]
 
 
@@ -106,16 +110,25 @@ def _resume_last(name: str, explicit: str | None) -> tuple[Path, Path]:
     candidates = []
     for d in sorted(runs.glob(f"{name}*")) if runs.is_dir() else []:
         info = read_run_file(d)
-        if d.is_dir() and info and info.get("recipe") == name and info.get("status") != "finished" \
-                and complete_checkpoints(d / CHECKPOINTS):
+        if (
+            d.is_dir()
+            and info
+            and info.get("recipe") == name
+            and info.get("status") != "finished"
+            and complete_checkpoints(d / CHECKPOINTS)
+        ):
             candidates.append(d)
     if not candidates:
-        raise _error(f"resume_from_checkpoint: last: no unfinished run of recipe '{name}' with a checkpoint "
-                     f"under {runs}/; give the run with --output-dir RUN_DIR (finished runs are resumed only "
-                     f"when named)")
+        raise _error(
+            f"resume_from_checkpoint: last: no unfinished run of recipe '{name}' with a checkpoint "
+            f"under {runs}/; give the run with --output-dir RUN_DIR (finished runs are resumed only "
+            f"when named)"
+        )
     if len(candidates) > 1:
-        raise _error(f"resume_from_checkpoint: last: {len(candidates)} unfinished runs of recipe '{name}' "
-                     f"({', '.join(map(str, candidates))}); choose one with --output-dir RUN_DIR")
+        raise _error(
+            f"resume_from_checkpoint: last: {len(candidates)} unfinished runs of recipe '{name}' "
+            f"({', '.join(map(str, candidates))}); choose one with --output-dir RUN_DIR"
+        )
     return candidates[0], _last_checkpoint(candidates[0])
 
 
@@ -131,8 +144,10 @@ def plan_run_dir(recipe: Any, output_dir: str | None) -> tuple[Path, Path | None
     elif explicit:
         run_dir, ckpt = Path(explicit), None
         if run_dir.is_dir() and any(run_dir.iterdir()) and not recipe.core["overwrite_output_dir"]:
-            raise _error(f"output_dir {run_dir} is not empty; choose another, set overwrite_output_dir: true, or "
-                         f"resume it with --set resume_from_checkpoint=last")
+            raise _error(
+                f"output_dir {run_dir} is not empty; choose another, set overwrite_output_dir: true, or "
+                f"resume it with --set resume_from_checkpoint=last"
+            )
     else:
         base = Path("runs") / recipe.name
         run_dir, n, ckpt = base, 1, None
@@ -229,15 +244,26 @@ def open_session(recipe: Any, output_dir: str | None, console: Any, argv: list[s
     if isinstance(planned, ConfigError):
         raise planned
     run_dir, resume = planned
-    session = Session(run_dir=Path(run_dir), resume=Path(resume) if resume else None,
-                      console=console if is_main else Console(quiet=True), is_main=is_main,
-                      world_size=state.num_processes if state is not None else 1, state=state)
+    session = Session(
+        run_dir=Path(run_dir),
+        resume=Path(resume) if resume else None,
+        console=console if is_main else Console(quiet=True),
+        is_main=is_main,
+        world_size=state.num_processes if state is not None else 1,
+        state=state,
+    )
     if is_main:
         session.run_dir.mkdir(parents=True, exist_ok=True)
         earlier = read_run_file(session.run_dir) if resume else None
-        session.info = {**(earlier or {}), "id": (earlier or {}).get("id") or uuid.uuid4().hex, "recipe": recipe.name,
-                        "source": recipe.source, "vlmplug_version": __version__,
-                        "created": (earlier or {}).get("created") or _now(), "command": argv or sys.argv}
+        session.info = {
+            **(earlier or {}),
+            "id": (earlier or {}).get("id") or uuid.uuid4().hex,
+            "recipe": recipe.name,
+            "source": recipe.source,
+            "vlmplug_version": __version__,
+            "created": (earlier or {}).get("created") or _now(),
+            "command": argv or sys.argv,
+        }
         session.mark("running", world_size=session.world_size)
         _start_log(session)
     session.wait()
@@ -246,8 +272,11 @@ def open_session(recipe: Any, output_dir: str | None, console: Any, argv: list[s
 
 class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"time": _dt.datetime.fromtimestamp(record.created).isoformat(timespec="seconds"),
-                                 "level": record.levelname.lower(), "logger": record.name}
+        entry: dict[str, Any] = {
+            "time": _dt.datetime.fromtimestamp(record.created).isoformat(timespec="seconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
         data = getattr(record, "vlmplug", None)
         if isinstance(data, dict):
             entry.update(data)
@@ -264,6 +293,8 @@ def _start_log(session: Session) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    caught = warnings.catch_warnings()  # restores the filters and showwarning afterwards
+    caught.__enter__()
     logging.captureWarnings(True)
     saved = []
     for name in LIBRARY_LOGGERS:
@@ -271,7 +302,6 @@ def _start_log(session: Session) -> None:
         saved.append((lib, list(lib.handlers), lib.propagate))
         lib.handlers = [handler]
         lib.propagate = False
-    filters = warnings.filters[:]
     warnings.simplefilter("default")  # each distinct warning once per location, into the log
 
     def undo() -> None:
@@ -279,7 +309,7 @@ def _start_log(session: Session) -> None:
         for lib, handlers, propagate in saved:
             lib.handlers, lib.propagate = handlers, propagate
         logging.captureWarnings(False)
-        warnings.filters[:] = filters
+        caught.__exit__(None, None, None)
         handler.close()
 
     session._restore.append(undo)

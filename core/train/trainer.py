@@ -33,8 +33,16 @@ from transformers.trainer_utils import rotate_checkpoints
 from .data import SKIPPED_KEY
 from .vlm import trainable_state_dict
 
-__all__ = ["VLMTrainer", "RichProgressCallback", "LifecycleCallback", "CurveCallback", "TrainClock",
-           "save_atomically", "CHECKPOINT_STATE", "complete_checkpoints"]
+__all__ = [
+    "VLMTrainer",
+    "RichProgressCallback",
+    "LifecycleCallback",
+    "CurveCallback",
+    "TrainClock",
+    "save_atomically",
+    "CHECKPOINT_STATE",
+    "complete_checkpoints",
+]
 
 log = logging.getLogger("vlmplug")
 CHECKPOINT_STATE = "vlmplug_state.json"  # written last: a checkpoint is complete when it exists
@@ -59,8 +67,11 @@ def complete_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
     root = Path(checkpoints_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
-             and (p / CHECKPOINT_STATE).is_file()]
+    found = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_STATE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
@@ -74,7 +85,7 @@ class TrainClock(TrainerCallback):
         self.start = time.perf_counter()
         self.start_step = 0
 
-    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kw):
         self.start = time.perf_counter()
         self.start_step = state.global_step
 
@@ -102,19 +113,19 @@ class VLMTrainer(Trainer):
         self.clock = clock
         self.on_skipped = on_skipped
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped:
             self.on_skipped(skipped)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             super().save_model(output_dir, _internal_call)
             return
-        output_dir = output_dir or self.args.output_dir
+        output_dir = str(output_dir or self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
         state = trainable_state_dict(model)
         model._keys_to_ignore_on_save = [k for k in model.state_dict() if k not in state]
@@ -125,7 +136,7 @@ class VLMTrainer(Trainer):
         Path(output_dir, "training_args.json").write_text(json.dumps(self.args.to_dict(), indent=2, default=str))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        real_root = self.args.output_dir
+        real_root = str(self.args.output_dir)
         staging_root = os.path.join(real_root, ".partial")
         if self.args.should_save:
             os.makedirs(staging_root, exist_ok=True)
@@ -138,15 +149,20 @@ class VLMTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every rank wrote its RNG state
         if self.args.should_save:
             for name in os.listdir(staging_root):
-                Path(staging_root, name, CHECKPOINT_STATE).write_text(json.dumps({
-                    "step": self.state.global_step, "train_seconds": self.clock.seconds}))
+                Path(staging_root, name, CHECKPOINT_STATE).write_text(
+                    json.dumps({"step": self.state.global_step, "train_seconds": self.clock.seconds})
+                )
                 target = os.path.join(real_root, name)
                 if os.path.exists(target):
                     shutil.rmtree(target)
                 os.replace(os.path.join(staging_root, name), target)
             shutil.rmtree(staging_root, ignore_errors=True)
-            rotate_checkpoints(real_root, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(
+                real_root,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
         self.accelerator.wait_for_everyone()
 
 
@@ -158,17 +174,19 @@ class LifecycleCallback(TrainerCallback):
         self.clock = clock
         self.is_main = is_main
 
-    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kw):
         self.host.notify("on_train_start", state=state)
 
-    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+    def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
         if self.is_main:
-            log.info("train", extra={"vlmplug": {"step": state.global_step, **logs,
-                                                 "train_seconds": round(self.clock.seconds, 2)}})
+            log.info(
+                "train",
+                extra={"vlmplug": {"step": state.global_step, **logs, "train_seconds": round(self.clock.seconds, 2)}},
+            )
         self.host.notify("on_log", state=state, metrics=logs)
 
-    def on_save(self, args, state, control, **kw):  # noqa: ANN001
+    def on_save(self, args, state, control, **kw):
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         self.host.notify("on_checkpoint_saved", path=path)
 
@@ -182,24 +200,30 @@ class RichProgressCallback(TrainerCallback):
         self.progress: Any = None
         self.task: Any = None
 
-    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kw):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} samples/s"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                           loss=float("nan"), lr=0.0, sps=0.0)
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, loss=float("nan"), lr=0.0, sps=0.0
+        )
 
-    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kw):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step,
-                                 sps=self.clock.samples_per_second(state.global_step))
+            self.progress.update(
+                self.task, completed=state.global_step, sps=self.clock.samples_per_second(state.global_step)
+            )
 
-    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+    def on_log(self, args, state, control, logs=None, **kw):
         if self.progress is None or not logs:
             return
         if "loss" in logs:
@@ -207,7 +231,7 @@ class RichProgressCallback(TrainerCallback):
         if "learning_rate" in logs:
             self.progress.update(self.task, lr=float(logs["learning_rate"]))
 
-    def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+    def on_train_end(self, args, state, control, **kw):
         self.stop()
 
     def stop(self) -> None:
@@ -220,8 +244,13 @@ class CurveCallback(TrainerCallback):
     """Evaluates every ``every`` steps before the last (the last point is the final evaluation) and
     records ``{step, train_seconds, samples, metrics}`` points; evaluation time is not training time."""
 
-    def __init__(self, every: int, evaluate: Callable[[], tuple[int, dict[str, Any], str]], clock: TrainClock,
-                 say: Callable[[str], None]):
+    def __init__(
+        self,
+        every: int,
+        evaluate: Callable[[], tuple[int, dict[str, Any], str]],
+        clock: TrainClock,
+        say: Callable[[str], None],
+    ):
         self.every = every
         self.evaluate = evaluate
         self.clock = clock
@@ -229,7 +258,7 @@ class CurveCallback(TrainerCallback):
         self.points: list[dict[str, Any]] = []
         self.eval_seconds = 0.0
 
-    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kw):
         if state.global_step % self.every or state.global_step >= state.max_steps:
             return
         t0 = time.perf_counter()
@@ -241,6 +270,7 @@ class CurveCallback(TrainerCallback):
         self.add(state.global_step, train_seconds, samples, metrics, summary)
 
     def add(self, step: int, train_seconds: float, samples: int, metrics: dict[str, Any], summary: str) -> None:
-        self.points.append({"step": step, "train_seconds": round(train_seconds, 1), "samples": samples,
-                            "metrics": metrics})
+        self.points.append(
+            {"step": step, "train_seconds": round(train_seconds, 1), "samples": samples, "metrics": metrics}
+        )
         self.say(f"  step {step}: {summary}")

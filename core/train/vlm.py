@@ -40,7 +40,7 @@ MODEL_FORMAT_VERSION = 1
 
 def unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop later names of tensors that share storage (tied weights), keep the first; contiguous CPU."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, object]] = set()
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
@@ -102,14 +102,25 @@ class VisionLanguageModel(nn.Module):
         feats = self.vision_encoder(pixel_values)
         return self.connector(feats)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None, **kwargs: Any) -> Any:  # pragma: no cover
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:  # pragma: no cover
         raise NotImplementedError
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # pragma: no cover
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def trainable_parameters(self) -> tuple[int, int]:
@@ -123,23 +134,38 @@ class VisionLanguageModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         enc = self.vision_encoder
         parts: dict[str, str] = {"connector": "connector.safetensors"}
-        if (getattr(enc, "weights_source", None) is None or self.manifest.get("save_vision_encoder")
-                or any(p.requires_grad for p in enc.parameters())):
-            save_file(unique_tensors(enc.state_dict()), str(directory / "vision_encoder.safetensors"),
-                      metadata={"format": "pt"})
+        if (
+            getattr(enc, "weights_source", None) is None
+            or self.manifest.get("save_vision_encoder")
+            or any(p.requires_grad for p in enc.parameters())
+        ):
+            save_file(
+                unique_tensors(enc.state_dict()),
+                str(directory / "vision_encoder.safetensors"),
+                metadata={"format": "pt"},
+            )
             parts["vision_encoder"] = "vision_encoder.safetensors"
-        save_file(unique_tensors(self.connector.state_dict()), str(directory / "connector.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            unique_tensors(self.connector.state_dict()),
+            str(directory / "connector.safetensors"),
+            metadata={"format": "pt"},
+        )
         if self.peft_method is not None:
             llm_files = self.peft_method.save_llm(self, str(directory))
         else:  # a merged / plain LLM
-            self.llm.save_pretrained(directory / "llm")
+            llm: Any = self.llm
+            llm.save_pretrained(directory / "llm")
             llm_files = {"llm": "llm"}
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory / "tokenizer")
         processor = getattr(enc, "image_processor", None)
         if processor is not None:
             processor.save_pretrained(directory / "processor")
-        manifest = {**self.manifest, "format_version": MODEL_FORMAT_VERSION, "image_token_id": self.image_token_id,
-                    "parts": parts, "llm_files": llm_files}
+        manifest = {
+            **self.manifest,
+            "format_version": MODEL_FORMAT_VERSION,
+            "image_token_id": self.image_token_id,
+            "parts": parts,
+            "llm_files": llm_files,
+        }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

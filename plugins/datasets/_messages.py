@@ -14,8 +14,9 @@ ROLES = ("system", "user", "assistant")
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
     if not path.is_file():
-        raise DataError(f"{path}: file not found (dataset paths are relative to where you run vlmplug)",
-                        reason="missing-file")
+        raise DataError(
+            f"{path}: file not found (dataset paths are relative to where you run vlmplug)", reason="missing-file"
+        )
     text = read_text(path, "dataset", DataError)
     if path.suffix == ".jsonl":
         rows = []
@@ -25,14 +26,18 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
-                                reason="malformed-row", where=f"{path}:{n}") from e
+                raise DataError(
+                    f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
+                    reason="malformed-row",
+                    where=f"{path}:{n}",
+                ) from e
         return rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); use a list of records "
-                        f"or a .jsonl file") from e
+        raise DataError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); use a list of records or a .jsonl file"
+        ) from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return [(i, row) for i, row in enumerate(data)]
@@ -76,16 +81,20 @@ class MessagesDataset(Sequence):
                 continue
             images = row.get("images", [])
             images = [images] if isinstance(images, str) else images
-            resolved = [i if i.startswith(("data:", "http://", "https://")) or Path(i).is_absolute()
-                        else str(root / i) for i in images]
+            resolved = [
+                i if i.startswith(("data:", "http://", "https://")) or Path(i).is_absolute() else str(root / i)
+                for i in images
+            ]
             self.samples.append({**row, "images": resolved, "_where": where})
         if problems and skip_bad:
             self.skipped = problems
         elif problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise DataError(f"{len(problems)} malformed row(s) in {self.path}{more}:\n  "
-                            + "\n  ".join(str(p) for p in problems[:5])
-                            + "\nfix the rows, or set on_bad_sample: skip to skip and count them")
+            raise DataError(
+                f"{len(problems)} malformed row(s) in {self.path}{more}:\n  "
+                + "\n  ".join(str(p) for p in problems[:5])
+                + "\nfix the rows, or set on_bad_sample: skip to skip and count them"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)

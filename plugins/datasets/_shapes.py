@@ -35,7 +35,9 @@ TEMPLATES = {
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")  # cell = row * 2 + column
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> None:
     x0, y0, x1, y1 = box
     if kind == "circle":
         draw.ellipse(box, fill=fill)
@@ -48,9 +50,17 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, i
 class ShapesDataset(Sequence):
     """``len`` samples; ``dataset[i]`` is a canonical sample with a freshly drawn PIL image."""
 
-    def __init__(self, num_samples: int, seed: int, image_size: int = 64,
-                 question_types: Sequence[str] = ("color", "shape", "count", "presence"), max_shapes: int = 3,
-                 image_position: str = "before", presence_by: str = "location", blank_images: bool = False):
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int,
+        image_size: int = 64,
+        question_types: Sequence[str] = ("color", "shape", "count", "presence"),
+        max_shapes: int = 3,
+        image_position: str = "before",
+        presence_by: str = "location",
+        blank_images: bool = False,
+    ):
         self.n, self.seed, self.size = num_samples, seed, image_size
         self.types = list(question_types)
         self.max_shapes = max_shapes
@@ -136,12 +146,17 @@ class ShapesDataset(Sequence):
         rng = random.Random((self.seed * 1_000_003 + i) ^ 0x5EED)
         return {
             "messages": [
-                {"role": "user", "content": f"<image>\n{question}" if self.image_position == "before"
-                 else f"{question}\n<image>"},
+                {
+                    "role": "user",
+                    "content": f"<image>\n{question}" if self.image_position == "before" else f"{question}\n<image>",
+                },
                 {"role": "assistant", "content": answer},
             ],
-            "images": [Image.new("RGB", (self.size, self.size), (255, 255, 255)) if self.blank_images
-                       else self._image(rng, shapes)],
+            "images": [
+                Image.new("RGB", (self.size, self.size), (255, 255, 255))
+                if self.blank_images
+                else self._image(rng, shapes)
+            ],
             "answers": [answer],
             "question_type": qtype,
             "id": f"shapes-{self.seed}-{i}",
@@ -149,5 +164,13 @@ class ShapesDataset(Sequence):
 
 
 def build(config: Any, ctx: Any) -> ShapesDataset:
-    return ShapesDataset(config.num_samples, config.seed, config.image_size, config.question_types, config.max_shapes,
-                         config.image_position, config.presence_by, config.blank_images)
+    return ShapesDataset(
+        config.num_samples,
+        config.seed,
+        config.image_size,
+        config.question_types,
+        config.max_shapes,
+        config.image_position,
+        config.presence_by,
+        config.blank_images,
+    )

@@ -13,7 +13,7 @@ Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from vlmplug import ComponentSpec, hookimpl
 
@@ -21,9 +21,10 @@ from vlmplug import ComponentSpec, hookimpl
 @dataclass(frozen=True, kw_only=True)
 class MessagesConfig:
     path: str = field(default="", metadata={"help": "A .json (list of records) or .jsonl file."})
-    image_root: Optional[str] = field(default=None,
-                                      metadata={"help": "Folder image paths are relative to (default: the file's)."})
-    max_samples: Optional[int] = field(default=None, metadata={"help": "Read at most this many records."})
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder image paths are relative to (default: the file's)."}
+    )
+    max_samples: int | None = field(default=None, metadata={"help": "Read at most this many records."})
 
     def __post_init__(self) -> None:
         if not self.path:

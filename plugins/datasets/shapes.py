@@ -24,22 +24,35 @@ class ShapesConfig:
     image_size: int = field(default=64, metadata={"help": "Image side in pixels."})
     question_types: list[QuestionType] = field(
         default_factory=lambda: ["color", "shape", "count", "presence"],
-        metadata={"help": "Question types, drawn uniformly."})
+        metadata={"help": "Question types, drawn uniformly."},
+    )
     max_shapes: int = field(default=3, metadata={"help": "Most shapes in a count/presence image (1-4)."})
     presence_by: Literal["any", "location", "attribute"] = field(
-        default="any", metadata={"help": "Yes/no presence questions ask whether the image holds any shape "
-                                         "('no' images are empty), whether a named quadrant does, or whether a "
-                                         "colour/shape is present. The last two need the LLM to match a word in "
-                                         "the question against the image, which a random-init tiny LLM does not "
-                                         "learn within the quickstart's budget (measured: chance level)."})
+        default="any",
+        metadata={
+            "help": "Yes/no presence questions ask whether the image holds any shape "
+            "('no' images are empty), whether a named quadrant does, or whether a "
+            "colour/shape is present. The last two need the LLM to match a word in "
+            "the question against the image, which a random-init tiny LLM does not "
+            "learn within the quickstart's budget (measured: chance level)."
+        },
+    )
     image_position: Literal["before", "after"] = field(
-        default="before", metadata={"help": "Put <image> before the question (LLaVA's layout) or after it "
-                                            "(image tokens can then attend to the question)."})
+        default="before",
+        metadata={
+            "help": "Put <image> before the question (LLaVA's layout) or after it "
+            "(image tokens can then attend to the question)."
+        },
+    )
     blank_images: bool = field(
-        default=False, metadata={"help": "Replace every image by a blank canvas of the same size: the same "
-                                         "questions and answers, nothing to see. As an eval set it measures how "
-                                         "much the answers depend on the image (a model that looks scores "
-                                         "near the answer prior)."})
+        default=False,
+        metadata={
+            "help": "Replace every image by a blank canvas of the same size: the same "
+            "questions and answers, nothing to see. As an eval set it measures how "
+            "much the answers depend on the image (a model that looks scores "
+            "near the answer prior)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

@@ -62,8 +62,9 @@ class ImagePipeline:
 class ClipVisionTower(nn.Module):
     """``pixel_values [B, 3, S, S]`` -> features ``[B, N, D]`` from ``feature_layer``."""
 
-    def __init__(self, model: nn.Module, processor: Any, feature_layer: int, drop_cls: bool,
-                 weights_source: str | None):
+    def __init__(
+        self, model: nn.Module, processor: Any, feature_layer: int, drop_cls: bool, weights_source: str | None
+    ):
         super().__init__()
         self.model = model
         self.image_processor = processor
@@ -101,12 +102,18 @@ def build(config: Any, ctx: Any) -> ClipVisionTower:
     if config.model == "tiny":
         h = config.tiny_hidden_size
         vcfg = CLIPVisionConfig(
-            hidden_size=h, intermediate_size=4 * h, num_hidden_layers=config.tiny_layers,
-            num_attention_heads=config.tiny_heads, image_size=config.tiny_image_size,
-            patch_size=config.tiny_patch_size, projection_dim=h,
+            hidden_size=h,
+            intermediate_size=4 * h,
+            num_hidden_layers=config.tiny_layers,
+            num_attention_heads=config.tiny_heads,
+            image_size=config.tiny_image_size,
+            patch_size=config.tiny_patch_size,
+            projection_dim=h,
         )
         if abs(config.feature_layer) > vcfg.num_hidden_layers:
-            raise ValueError(f"feature_layer {config.feature_layer} is out of range for {vcfg.num_hidden_layers} layers")
+            raise ValueError(
+                f"feature_layer {config.feature_layer} is out of range for {vcfg.num_hidden_layers} layers"
+            )
         model = CLIPVisionModel(vcfg)
         size = config.tiny_image_size
         processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})

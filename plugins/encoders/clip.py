@@ -14,9 +14,13 @@ from vlmplug import ComponentSpec, hookimpl
 
 @dataclass(frozen=True, kw_only=True)
 class ClipConfig:
-    model: str = field(default="openai/clip-vit-large-patch14-336",
-                       metadata={"help": "Hub id or local path of a CLIP (vision) model, or 'tiny' to build a "
-                                         "random-init tower from the tiny_* options."})
+    model: str = field(
+        default="openai/clip-vit-large-patch14-336",
+        metadata={
+            "help": "Hub id or local path of a CLIP (vision) model, or 'tiny' to build a "
+            "random-init tower from the tiny_* options."
+        },
+    )
     feature_layer: int = field(default=-2, metadata={"help": "Hidden layer the features come from (-1 = last)."})
     drop_cls: bool = field(default=True, metadata={"help": "Drop the CLS token, keeping only patch tokens."})
     tiny_image_size: int = field(default=64, metadata={"help": "tiny preset: input resolution in pixels."})
@@ -37,8 +41,14 @@ SPEC = ComponentSpec(
     summary="CLIP ViT vision tower (LLaVA's encoder); hub id, local path or tiny preset",
     factory="vlmplug.plugins.encoders._clip:build",
     config=ClipConfig,
-    test_options={"model": "tiny", "tiny_image_size": 32, "tiny_patch_size": 8, "tiny_hidden_size": 32,
-                  "tiny_layers": 2, "tiny_heads": 2},
+    test_options={
+        "model": "tiny",
+        "tiny_image_size": 32,
+        "tiny_patch_size": 8,
+        "tiny_hidden_size": 32,
+        "tiny_layers": 2,
+        "tiny_heads": 2,
+    },
 )
 
 

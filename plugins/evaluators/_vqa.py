@@ -47,14 +47,15 @@ class VqaEvaluator(EvaluatorBase):
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[float]]:
         metrics, scores = score_samples(list(records))
-        per_type = {k[len("accuracy_"):]: v for k, v in metrics.items() if k.startswith("accuracy_")}
+        per_type = {k[len("accuracy_") :]: v for k, v in metrics.items() if k.startswith("accuracy_")}
         out: dict[str, Any] = {k: v for k, v in metrics.items() if not k.startswith("accuracy_")}
         if per_type:
             out["per_type"] = per_type
         return out, scores
 
-    def baselines(self, train: Sequence[Mapping[str, Any]],
-                  records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    def baselines(
+        self, train: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
         """``answer_prior``: answer every question with the most common training answer of its type
         (a model must beat it to show that it uses the image)."""
         prior = self._prior(train)

@@ -86,8 +86,27 @@ __all__ = ["normalize_answer", "vqa_accuracy", "score_samples"]
 # Marks handled by the punctuation step.  The period is not here: it has its
 # own rule (see _STRAY_PERIOD).
 _PUNCTUATION_MARKS = (
-    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
-    ">", "<", "@", "`", ",", "?", "!",
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
 )
 
 # A comma between two digits ("10,000"): its presence anywhere in the text
@@ -105,9 +124,18 @@ _STRAY_PERIOD = re.compile(r"\.(?!\d)")
 _MAX_PERIODS_DELETED = 32
 
 _NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3",
-    "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-    "nine": "9", "ten": "10",
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -118,52 +146,120 @@ _ARTICLES = frozenset({"a", "an", "the"})
 # ("let's", "she's").  The odd "somebody'd" -> "somebodyd" entry is official
 # and kept.
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't",
-    "couldn'tve": "couldn't've", "couldnt": "couldn't",
-    "couldnt've": "couldn't've", "couldve": "could've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
-    "hadn'tve": "hadn't've", "hadnt": "hadn't", "hadnt've": "hadn't've",
-    "hasnt": "hasn't", "havent": "haven't",
-    "he'dve": "he'd've", "hed": "he'd", "hed've": "he'd've", "hes": "he's",
-    "howd": "how'd", "howll": "how'll", "hows": "how's",
-    "isnt": "isn't", "it'dve": "it'd've", "itd": "it'd", "itd've": "it'd've",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldn'tve": "couldn't've",
+    "couldnt": "couldn't",
+    "couldnt've": "couldn't've",
+    "couldve": "could've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadn'tve": "hadn't've",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "he'dve": "he'd've",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "isnt": "isn't",
+    "it'dve": "it'd've",
+    "itd": "it'd",
+    "itd've": "it'd've",
     "itll": "it'll",
-    "maam": "ma'am", "mightn'tve": "mightn't've", "mightnt": "mightn't",
-    "mightnt've": "mightn't've", "mightve": "might've",
-    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't",
-    "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
-    "'ow'sat": "'ow's'at", "'ows'at": "'ow's'at", "ow's'at": "'ow's'at",
-    "shant": "shan't", "she'dve": "she'd've", "shed've": "she'd've",
-    "shouldn'tve": "shouldn't've", "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldve": "should've",
-    "somebody'd": "somebodyd", "somebody'dve": "somebody'd've",
-    "somebodyd've": "somebody'd've", "somebodyll": "somebody'll",
+    "maam": "ma'am",
+    "mightn'tve": "mightn't've",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "'ow'sat": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "ow's'at": "'ow's'at",
+    "shant": "shan't",
+    "she'dve": "she'd've",
+    "shed've": "she'd've",
+    "shouldn'tve": "shouldn't've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldve": "should've",
+    "somebody'd": "somebodyd",
+    "somebody'dve": "somebody'd've",
+    "somebodyd've": "somebody'd've",
+    "somebodyll": "somebody'll",
     "somebodys": "somebody's",
-    "someone'dve": "someone'd've", "someoned": "someone'd",
-    "someoned've": "someone'd've", "someonell": "someone'll",
+    "someone'dve": "someone'd've",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someonell": "someone'll",
     "someones": "someone's",
-    "something'dve": "something'd've", "somethingd": "something'd",
-    "somethingd've": "something'd've", "somethingll": "something'll",
-    "thats": "that's", "there'dve": "there'd've", "thered": "there'd",
-    "thered've": "there'd've", "therere": "there're", "theres": "there's",
-    "they'dve": "they'd've", "theyd": "they'd", "theyd've": "they'd've",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-    "twas": "'twas", "wasnt": "wasn't",
-    "we'dve": "we'd've", "wed've": "we'd've", "werent": "weren't",
+    "something'dve": "something'd've",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "there'dve": "there'd've",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "they'dve": "they'd've",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "we'dve": "we'd've",
+    "wed've": "we'd've",
+    "werent": "weren't",
     "weve": "we've",
-    "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd",
-    "wheres": "where's", "whereve": "where've",
-    "who'dve": "who'd've", "whod": "who'd", "whod've": "who'd've",
-    "wholl": "who'll", "whos": "who's", "whove": "who've",
-    "whyll": "why'll", "whyre": "why're", "whys": "why's",
-    "wont": "won't", "wouldn'tve": "wouldn't've", "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've", "wouldve": "would've",
-    "y'all'dve": "y'all'd've", "y'alld've": "y'all'd've",
-    "y'allll": "y'all'll", "yall": "y'all", "yall'd've": "y'all'd've",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "who'dve": "who'd've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldn'tve": "wouldn't've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldve": "would've",
+    "y'all'dve": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'allll": "y'all'll",
+    "yall": "y'all",
+    "yall'd've": "y'all'd've",
     "yall'll": "y'all'll",
-    "you'dve": "you'd've", "youd": "you'd", "youd've": "you'd've",
-    "youll": "you'll", "youre": "you're", "youve": "you've",
+    "you'dve": "you'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
+    "youve": "you've",
 }
 
 _YES_NO = frozenset({"yes", "no"})
@@ -229,10 +325,7 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     bare string or holds non-strings.
     """
     if isinstance(answers, str):
-        raise TypeError(
-            "answers must be a list of strings, not a single string; "
-            "wrap it in a list"
-        )
+        raise TypeError("answers must be a list of strings, not a single string; wrap it in a list")
     references = [normalize_answer(answer) for answer in answers]
     if not references:
         raise ValueError("answers must contain at least one reference answer")
@@ -266,15 +359,10 @@ def _reference_strings(raw: Any, row: int, answers_key: str) -> list[str]:
     for position, item in enumerate(raw):
         if isinstance(item, Mapping):
             if "answer" not in item:
-                raise ValueError(
-                    f"row {row}: {answers_key!r}[{position}] has no 'answer' key"
-                )
+                raise ValueError(f"row {row}: {answers_key!r}[{position}] has no 'answer' key")
             item = item["answer"]
         if not isinstance(item, str):
-            raise ValueError(
-                f"row {row}: {answers_key!r}[{position}] must be a string, "
-                f"got {type(item).__name__}"
-            )
+            raise ValueError(f"row {row}: {answers_key!r}[{position}] must be a string, got {type(item).__name__}")
         strings.append(item)
     return strings
 
@@ -324,16 +412,10 @@ def score_samples(
             )
         for key in (prediction_key, answers_key):
             if key not in sample:
-                raise ValueError(
-                    f"row {row}: missing {key!r} (each line needs "
-                    f"{prediction_key!r} and {answers_key!r})"
-                )
+                raise ValueError(f"row {row}: missing {key!r} (each line needs {prediction_key!r} and {answers_key!r})")
         prediction = sample[prediction_key]
         if not isinstance(prediction, str):
-            raise ValueError(
-                f"row {row}: {prediction_key!r} must be a string, "
-                f"got {type(prediction).__name__}"
-            )
+            raise ValueError(f"row {row}: {prediction_key!r} must be a string, got {type(prediction).__name__}")
         references = _reference_strings(sample[answers_key], row, answers_key)
 
         score = vqa_accuracy(prediction, references)

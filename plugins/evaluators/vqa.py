@@ -15,9 +15,13 @@ from vlmplug import ComponentSpec, hookimpl
 
 @dataclass(frozen=True, kw_only=True)
 class VqaConfig:
-    prompt_suffix: str = field(default="", metadata={
-        "help": "Appended to the last user turn when generating, e.g. LLaVA's "
-                "'Answer the question using a single word or phrase.'"})
+    prompt_suffix: str = field(
+        default="",
+        metadata={
+            "help": "Appended to the last user turn when generating, e.g. LLaVA's "
+            "'Answer the question using a single word or phrase.'"
+        },
+    )
 
 
 SPEC = ComponentSpec(

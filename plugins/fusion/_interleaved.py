@@ -34,17 +34,28 @@ class InterleavedVLM(VisionLanguageModel):
         mask = is_image.unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(mask, vision.to(embeds.dtype).reshape(-1))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         embeds = self.embed(input_ids, pixel_values)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 pixel_values: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         embeds = self.embed(input_ids, pixel_values)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 

@@ -158,9 +158,7 @@ def export_llava_hf(
 
     vision = parts.vision_model
     if not isinstance(vision, CLIPVisionModel):
-        raise LlavaExportError(
-            f"vision_model must be a transformers CLIPVisionModel, got {type(vision).__name__}"
-        )
+        raise LlavaExportError(f"vision_model must be a transformers CLIPVisionModel, got {type(vision).__name__}")
     vcfg: Any = vision.config
     _check_square(vcfg.image_size, "vision_model.config.image_size")
     _check_feature_layer(parts.feature_layer, vcfg.num_hidden_layers, "feature_layer")
@@ -241,9 +239,7 @@ def _build_processor(parts: LlavaParts, image_token_id: int, strategy: str) -> A
 
     template = getattr(parts.tokenizer, "chat_template", None)
     if template is not None and not isinstance(template, str):
-        raise LlavaExportError(
-            "the tokenizer has several named chat templates; only a single template is supported"
-        )
+        raise LlavaExportError("the tokenizer has several named chat templates; only a single template is supported")
     processor = LlavaProcessor(
         image_processor=copy.deepcopy(parts.image_processor),
         tokenizer=copy.deepcopy(parts.tokenizer),
@@ -273,9 +269,7 @@ def _connector_to_projector(
     if kind == "linear":
         keys = set(state)
         if keys not in ({"proj.weight"}, {"proj.weight", "proj.bias"}):
-            raise LlavaExportError(
-                f"linear connector: expected keys proj.weight[, proj.bias], got {sorted(keys)}"
-            )
+            raise LlavaExportError(f"linear connector: expected keys proj.weight[, proj.bias], got {sorted(keys)}")
         weight = state["proj.weight"]
         _check_shape("connector proj.weight", weight, (text_hidden, vision_hidden))
         bias = state.get("proj.bias")
@@ -297,9 +291,7 @@ def _connector_to_projector(
             text_hidden,
         )
     if kind == "mlp":
-        indices = sorted(
-            {int(k.split(".")[1]) for k in state if k.startswith("proj.") and k.split(".")[1].isdigit()}
-        )
+        indices = sorted({int(k.split(".")[1]) for k in state if k.startswith("proj.") and k.split(".")[1].isdigit()})
         if indices and indices[-1] > 2:
             depth = indices[-1] // 2 + 1
             raise LlavaExportError(
@@ -411,17 +403,13 @@ def import_llava_hf(
     except StrictDataclassError as e:  # transformers validates some fields itself (e.g. enum values)
         raise LlavaExportError(f"invalid config: {e}") from e
     if not isinstance(config, LlavaConfig):
-        raise LlavaExportError(
-            f"model_type is {config.model_type!r}; only 'llava' checkpoints can be imported"
-        )
+        raise LlavaExportError(f"model_type is {config.model_type!r}; only 'llava' checkpoints can be imported")
     _check_llava_config(config)
 
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **from_pretrained_kwargs)
     vision = model.model.vision_tower
     if not isinstance(vision, CLIPVisionModel):
-        raise LlavaExportError(
-            f"vision_config builds a {type(vision).__name__}; vlmplug needs a CLIPVisionModel"
-        )
+        raise LlavaExportError(f"vision_config builds a {type(vision).__name__}; vlmplug needs a CLIPVisionModel")
 
     # vlmplug preprocesses with PIL; ask for the PIL backend (transformers picks torchvision when installed).
     processor = AutoProcessor.from_pretrained(path, backend="pil", **from_pretrained_kwargs)
@@ -445,9 +433,7 @@ def import_llava_hf(
     text_config.tie_word_embeddings = tied
     text_config.dtype = language_model.dtype
     if type(text_config) not in AutoModelForCausalLM._model_mapping:
-        raise LlavaExportError(
-            f"text_config.model_type {text_config.model_type!r} has no AutoModelForCausalLM class"
-        )
+        raise LlavaExportError(f"text_config.model_type {text_config.model_type!r} has no AutoModelForCausalLM class")
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(text_config)
     prefix = llm.base_model_prefix
@@ -462,9 +448,7 @@ def import_llava_hf(
         llm.tie_weights()
     leftover = [n for n, t in [*llm.named_parameters(), *llm.named_buffers()] if t.is_meta]
     if leftover:
-        raise LlavaExportError(
-            f"the causal LM has weights outside its base model and lm_head: {leftover[:8]}"
-        )
+        raise LlavaExportError(f"the causal LM has weights outside its base model and lm_head: {leftover[:8]}")
     llm.generation_config = copy.deepcopy(model.generation_config)
 
     original_vocab = getattr(config, VOCAB_SIZE_FIELD, None)
@@ -498,8 +482,7 @@ def _check_llava_config(config: Any) -> None:
     vision_type = getattr(config.vision_config, "model_type", None)
     if vision_type != "clip_vision_model":
         raise LlavaExportError(
-            f"vision_config.model_type is {vision_type!r}; vlmplug's vision tower is CLIP "
-            "('clip_vision_model') only"
+            f"vision_config.model_type is {vision_type!r}; vlmplug's vision tower is CLIP ('clip_vision_model') only"
         )
     layer = config.vision_feature_layer
     if not isinstance(layer, int) or isinstance(layer, bool):
@@ -511,9 +494,7 @@ def _check_llava_config(config: Any) -> None:
     _check_square(config.vision_config.image_size, "vision_config.image_size")
     strategy = config.vision_feature_select_strategy
     if strategy not in ("default", "full"):
-        raise LlavaExportError(
-            f"vision_feature_select_strategy is {strategy!r}; expected 'default' or 'full'"
-        )
+        raise LlavaExportError(f"vision_feature_select_strategy is {strategy!r}; expected 'default' or 'full'")
     act = config.projector_hidden_act
     if act != "linear" and act not in _ACTS_FROM_HF:
         raise LlavaExportError(
@@ -551,9 +532,7 @@ def _check_processor(processor: Any, config: Any) -> None:
     _check_image_processor(image_processor, vcfg.image_size, "processor image_processor")
 
 
-def _projector_to_connector(
-    projector: Any, config: Any
-) -> tuple[ConnectorKind, str | None, dict[str, torch.Tensor]]:
+def _projector_to_connector(projector: Any, config: Any) -> tuple[ConnectorKind, str | None, dict[str, torch.Tensor]]:
     """``LlavaMultiModalProjector`` -> (kind, act, vlmplug connector state dict)."""
     w1, w2 = projector.linear_1.weight.detach(), projector.linear_2.weight.detach()
     b1 = projector.linear_1.bias.detach() if projector.linear_1.bias is not None else None
@@ -623,13 +602,9 @@ def _check_image_processor(processor: Any, image_size: int, where: str) -> None:
     if "shortest_edge" not in size:
         raise LlavaExportError(f"{where}.size is {size}; vlmplug resizes by {{'shortest_edge': N}} only")
     if not getattr(processor, "do_resize", True) or not getattr(processor, "do_center_crop", True):
-        raise LlavaExportError(
-            f"{where}: do_resize and do_center_crop must be true (vlmplug always does both)"
-        )
+        raise LlavaExportError(f"{where}: do_resize and do_center_crop must be true (vlmplug always does both)")
     if (crop.get("height"), crop.get("width")) != (image_size, image_size):
-        raise LlavaExportError(
-            f"{where}.crop_size is {crop}, but the vision tower's image_size is {image_size}"
-        )
+        raise LlavaExportError(f"{where}.crop_size is {crop}, but the vision tower's image_size is {image_size}")
 
 
 def _as_int(value: Any) -> int:
@@ -645,9 +620,7 @@ def _check_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> Non
 def _single_token_id(tokenizer: Any, token: str) -> int:
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
-        raise LlavaExportError(
-            f"image token {token!r} is not a single token of the tokenizer (encodes to {ids})"
-        )
+        raise LlavaExportError(f"image token {token!r} is not a single token of the tokenizer (encodes to {ids})")
     return int(ids[0])
 
 

@@ -19,9 +19,11 @@ def _component(manifest: dict[str, Any], family: str) -> dict[str, Any]:
     entry = (manifest.get("components") or {}).get(family) or {}
     name = entry.get("name")
     if name not in SUPPORTED[family]:
-        raise ConfigError(f"--format llava-hf: the model's {family.replace('_', ' ')} is '{name}'; LLaVA-HF holds "
-                          f"{' or '.join(SUPPORTED[family])} (export --format merged keeps any model)",
-                          header="export")
+        raise ConfigError(
+            f"--format llava-hf: the model's {family.replace('_', ' ')} is '{name}'; LLaVA-HF holds "
+            f"{' or '.join(SUPPORTED[family])} (export --format merged keeps any model)",
+            header="export",
+        )
     return entry
 
 
@@ -35,10 +37,15 @@ def parts_from_vlm(vlm: Any) -> LlavaParts:
         vlm = vlm.peft_method.merge(vlm)
     tower = vlm.vision_encoder
     return LlavaParts(
-        vision_model=tower.model, image_processor=tower.image_processor, feature_layer=tower.feature_layer,
-        drop_cls=tower.drop_cls, connector_kind=connector["name"],
+        vision_model=tower.model,
+        image_processor=tower.image_processor,
+        feature_layer=tower.feature_layer,
+        drop_cls=tower.drop_cls,
+        connector_kind=connector["name"],
         connector_state_dict={k: v.detach() for k, v in vlm.connector.state_dict().items()},
-        llm=vlm.llm, tokenizer=vlm.tokenizer, image_token=manifest["core"]["image_token"],
+        llm=vlm.llm,
+        tokenizer=vlm.tokenizer,
+        image_token=manifest["core"]["image_token"],
         connector_act=connector.get("hidden_act") if connector["name"] == "mlp" else None,
     )
 
@@ -62,24 +69,42 @@ def import_to_vlmplug(model: str, out_dir: str, hub_kwargs: dict[str, Any]) -> N
     parts.vision_model.save_pretrained(out / "vision_tower")
     parts.image_processor.save_pretrained(out / "vision_tower")
     parts.image_processor.save_pretrained(out / "processor")
-    save_file({k: v.contiguous() for k, v in parts.connector_state_dict.items()}, str(out / "connector.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in parts.connector_state_dict.items()},
+        str(out / "connector.safetensors"),
+        metadata={"format": "pt"},
+    )
     parts.llm.save_pretrained(out / "llm")
     parts.tokenizer.save_pretrained(out / "tokenizer")
-    connector: dict[str, Any] = ({"name": "linear", "bias": "proj.bias" in parts.connector_state_dict}
-                                 if parts.connector_kind == "linear"
-                                 else {"name": "mlp", "depth": 2, "hidden_act": parts.connector_act})
+    connector: dict[str, Any] = (
+        {"name": "linear", "bias": "proj.bias" in parts.connector_state_dict}
+        if parts.connector_kind == "linear"
+        else {"name": "mlp", "depth": 2, "hidden_act": parts.connector_act}
+    )
     manifest = {
-        "format_version": 1, "imported_from": {"format": "llava-hf", "model": model},
+        "format_version": 1,
+        "imported_from": {"format": "llava-hf", "model": model},
         "components": {
-            "vision_encoder": {"name": "clip", "model": "./vision_tower", "feature_layer": parts.feature_layer,
-                               "drop_cls": parts.drop_cls},
+            "vision_encoder": {
+                "name": "clip",
+                "model": "./vision_tower",
+                "feature_layer": parts.feature_layer,
+                "drop_cls": parts.drop_cls,
+            },
             "connector": connector,
             "fusion": {"name": "interleaved"},
         },
-        "core": {"model": "./llm", "model_config": {}, "dtype": "auto", "attn_implementation": "auto",
-                 "image_token": parts.image_token, "trust_remote_code": bool(hub_kwargs.get("trust_remote_code"))},
-        "parts": {"connector": "connector.safetensors"}, "llm_files": {"llm": "llm"},
-        "tokens_per_image": parts.tokens_per_image, "image_token_id": parts.image_token_id,
+        "core": {
+            "model": "./llm",
+            "model_config": {},
+            "dtype": "auto",
+            "attn_implementation": "auto",
+            "image_token": parts.image_token,
+            "trust_remote_code": bool(hub_kwargs.get("trust_remote_code")),
+        },
+        "parts": {"connector": "connector.safetensors"},
+        "llm_files": {"llm": "llm"},
+        "tokens_per_image": parts.tokens_per_image,
+        "image_token_id": parts.image_token_id,
     }
     (out / "vlmplug_model.json").write_text(json.dumps(manifest, indent=2))

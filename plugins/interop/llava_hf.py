@@ -46,14 +46,20 @@ def detect_model_format(model: str, config: dict[str, Any] | None) -> dict[str, 
     act = config.get("projector_hidden_act", "gelu")
     if vision.get("model_type") not in ("clip_vision_model", None) or not isinstance(layer, int):
         return None  # a tower or layer list vlmplug cannot represent: import_model explains why
-    connector: dict[str, Any] = ({"name": "linear", "bias": bool(config.get("multimodal_projector_bias", True))}
-                                 if act == "linear" else {"name": "mlp", "hidden_act": _ACTS.get(act, act)})
+    connector: dict[str, Any] = (
+        {"name": "linear", "bias": bool(config.get("multimodal_projector_bias", True))}
+        if act == "linear"
+        else {"name": "mlp", "hidden_act": _ACTS.get(act, act)}
+    )
     drop_cls = config.get("vision_feature_select_strategy", "default") == "default"
-    return {"format": FORMAT, "components": {
-        "vision_encoder": {"name": "clip", "model": model, "feature_layer": layer, "drop_cls": drop_cls},
-        "connector": connector,
-        "fusion": {"name": "interleaved"},
-    }}
+    return {
+        "format": FORMAT,
+        "components": {
+            "vision_encoder": {"name": "clip", "model": model, "feature_layer": layer, "drop_cls": drop_cls},
+            "connector": connector,
+            "fusion": {"name": "interleaved"},
+        },
+    }
 
 
 @hookimpl

@@ -15,15 +15,19 @@ class MixedPrecision(OptimizerStackComponent):
     def update_training_args(self, args: dict[str, Any], hardware: Any, note: Any) -> dict[str, Any]:
         c = self.config
         if c.bf16 is True and not hardware.bf16 and hardware.cuda:
-            raise HardwareError(f"bf16: true, but {hardware.device_name} has no bfloat16 support; "
-                                f"set bf16: false (or auto), or fp16: true")
+            raise HardwareError(
+                f"bf16: true, but {hardware.device_name} has no bfloat16 support; "
+                f"set bf16: false (or auto), or fp16: true"
+            )
         if c.bf16 is True and not hardware.cuda:
             note("mixed-precision: bf16 on CPU uses CPU autocast (fast only on CPUs with AVX512-BF16/AMX)")
         if c.fp16 and not hardware.cuda:
             raise HardwareError("fp16: true needs a CUDA GPU (none found); set fp16: false")
         if c.tf32 is True and not hardware.tf32:
-            raise HardwareError(f"tf32: true needs an NVIDIA Ampere or newer GPU ({hardware.device_name} found); "
-                                f"set tf32: auto (on where supported) or false")
+            raise HardwareError(
+                f"tf32: true needs an NVIDIA Ampere or newer GPU ({hardware.device_name} found); "
+                f"set tf32: auto (on where supported) or false"
+            )
         bf16 = hardware.bf16 if c.bf16 == "auto" else bool(c.bf16)
         tf32 = hardware.tf32 if c.tf32 == "auto" else bool(c.tf32)
         if c.bf16 == "auto":

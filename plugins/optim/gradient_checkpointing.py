@@ -12,7 +12,8 @@ from vlmplug import ComponentSpec, hookimpl
 class GradientCheckpointingConfig:
     gradient_checkpointing_kwargs: dict = field(
         default_factory=lambda: {"use_reentrant": False},
-        metadata={"help": "Passed to torch.utils.checkpoint (use_reentrant: false suits flash-attention)."})
+        metadata={"help": "Passed to torch.utils.checkpoint (use_reentrant: false suits flash-attention)."},
+    )
     vision_encoder: bool = field(default=True, metadata={"help": "Checkpoint the vision tower too."})
 
 

@@ -8,11 +8,11 @@ the run's resolved recipe. Asking for ``tf32: true`` without an NVIDIA Ampere+ G
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from vlmplug import ComponentSpec, hookimpl
 
-Flag = Union[bool, Literal["auto"]]
+Flag = bool | Literal["auto"]
 
 
 @dataclass(frozen=True, kw_only=True)

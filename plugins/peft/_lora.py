@@ -32,9 +32,12 @@ class LoraMethod:
             p.requires_grad_(False)
         target = c.lora_target_modules
         peft_config = LoraConfig(
-            r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
             target_modules=target if isinstance(target, str) else list(target),
-            modules_to_save=list(c.lora_modules_to_save) or None, task_type="CAUSAL_LM",
+            modules_to_save=list(c.lora_modules_to_save) or None,
+            task_type="CAUSAL_LM",
         )
         vlm.llm = get_peft_model(vlm.llm, peft_config)
         for p in vlm.connector.parameters():
@@ -63,8 +66,11 @@ class LoraMethod:
         from transformers import AutoModelForCausalLM
 
         root = Path(directory)
-        base = (AutoModelForCausalLM.from_pretrained(root / files["llm_base"], dtype="auto")
-                if "llm_base" in files else load_base())
+        base = (
+            AutoModelForCausalLM.from_pretrained(root / files["llm_base"], dtype="auto")
+            if "llm_base" in files
+            else load_base()
+        )
         return PeftModel.from_pretrained(base, root / files["adapter"])
 
     def merge(self, vlm: Any) -> Any:

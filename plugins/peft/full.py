@@ -12,8 +12,9 @@ Part = Literal["vision_encoder", "connector", "llm"]
 
 @dataclass(frozen=True, kw_only=True)
 class FullConfig:
-    freeze: list[Part] = field(default_factory=list,
-                               metadata={"help": "Parts kept frozen: any of vision_encoder, connector, llm."})
+    freeze: list[Part] = field(
+        default_factory=list, metadata={"help": "Parts kept frozen: any of vision_encoder, connector, llm."}
+    )
 
 
 SPEC = ComponentSpec(

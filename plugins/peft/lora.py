@@ -8,7 +8,6 @@ the connector trains fully, as in LLaVA's LoRA recipes; the vision tower stays f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from vlmplug import ComponentSpec, hookimpl
 
@@ -18,12 +17,19 @@ class LoraConfig:
     lora_r: int = field(default=16, metadata={"help": "Adapter rank (8-64 typical)."})
     lora_alpha: float = field(default=16, metadata={"help": "Scaling factor (usually = r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
-    lora_target_modules: Union[str, list[str]] = field(
-        default="all-linear", metadata={"help": "'all-linear' (every linear layer of the LLM but the output "
-                                                "head) or a list of module names."})
+    lora_target_modules: str | list[str] = field(
+        default="all-linear",
+        metadata={
+            "help": "'all-linear' (every linear layer of the LLM but the output head) or a list of module names."
+        },
+    )
     lora_modules_to_save: list[str] = field(
-        default_factory=list, metadata={"help": "LLM modules trained in full and saved with the adapter, "
-                                                "e.g. [lm_head, embed_tokens] to train new tokens."})
+        default_factory=list,
+        metadata={
+            "help": "LLM modules trained in full and saved with the adapter, "
+            "e.g. [lm_head, embed_tokens] to train new tokens."
+        },
+    )
     train_vision_encoder: bool = field(default=False, metadata={"help": "Also train the vision tower in full."})
 
     def __post_init__(self) -> None:

@@ -19,17 +19,30 @@ PKG = ROOT / "contrib" / "vlmplug-pixel-shuffle"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(PKG)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(PKG),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return target
 
 
 def vlmplug(site: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     full_env = {**os.environ, "PYTHONPATH": str(site), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vlmplug", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmplug", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
+    )
 
 
 def test_installed_plugin_is_listed(site: Path) -> None:
@@ -64,11 +77,27 @@ def test_disabled_and_not_loaded(site: Path) -> None:
 
 
 def test_trains_with_the_plugin(site: Path, tmp_path: Path) -> None:
-    out = vlmplug(site, "train", "--plugins", "pixel-shuffle", "--output-dir", str(tmp_path / "run"),
-                  "--set", "max_steps=3", "--set", "datasets.0.num_samples=64",
-                  "--set", "eval_datasets.0.num_samples=8", "--set", "eval_datasets.1.num_samples=8",
-                  "--set", "eval_before_training=false", "--set", "per_device_train_batch_size=4",
-                  env={"OMP_NUM_THREADS": "1"})
+    out = vlmplug(
+        site,
+        "train",
+        "--plugins",
+        "pixel-shuffle",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "max_steps=3",
+        "--set",
+        "datasets.0.num_samples=64",
+        "--set",
+        "eval_datasets.0.num_samples=8",
+        "--set",
+        "eval_datasets.1.num_samples=8",
+        "--set",
+        "eval_before_training=false",
+        "--set",
+        "per_device_train_batch_size=4",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 tokens/image" in out.stderr  # 4x4 patch grid folded 2x2 -> 4 tokens
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -82,7 +111,6 @@ def test_pixel_shuffle_layout(site: Path) -> None:
     sys.path.insert(0, str(site))
     try:
         import torch
-
         from vlmplug_pixel_shuffle._impl import PixelShuffleConnector
     finally:
         sys.path.remove(str(site))

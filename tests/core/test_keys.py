@@ -21,9 +21,12 @@ def training_fields() -> dict[str, dataclasses.Field]:
 @pytest.mark.parametrize("key", sorted(TRAINING_KEYS))
 def test_training_key_is_a_training_arguments_field(key: str, training_fields: dict) -> None:
     if key not in training_fields:
-        pytest.fail(f"{key} is not a field of transformers.TrainingArguments (transformers "
-                    f"{__import__('transformers').__version__}); a recipe setting it would fail when "
-                    f"training starts", pytrace=False)
+        pytest.fail(
+            f"{key} is not a field of transformers.TrainingArguments (transformers "
+            f"{__import__('transformers').__version__}); a recipe setting it would fail when "
+            f"training starts",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("key", sorted(TRAINING_KEYS))
@@ -68,12 +71,22 @@ def test_every_bound_is_a_known_numeric_key() -> None:
         assert key in CORE_KEYS or key in TRAINING_KEYS or key in TRAINING_ALIASES, key
 
 
-@pytest.mark.parametrize("key, bad, good", [
-    ("learning_rate", 0, 1e-4), ("learning_rate", -1e-4, 1e-4),
-    ("per_device_train_batch_size", 0, 1), ("gradient_accumulation_steps", 0, 1),
-    ("max_steps", -1, 1), ("max_steps", 0, 10), ("eval_batch_size", 0, 1), ("num_train_epochs", 0, 0.5),
-    ("adam_beta1", 1.0, 0.9), ("warmup_ratio", 1.0, 0.1), ("weight_decay", -0.1, 0.0),
-])
+@pytest.mark.parametrize(
+    "key, bad, good",
+    [
+        ("learning_rate", 0, 1e-4),
+        ("learning_rate", -1e-4, 1e-4),
+        ("per_device_train_batch_size", 0, 1),
+        ("gradient_accumulation_steps", 0, 1),
+        ("max_steps", -1, 1),
+        ("max_steps", 0, 10),
+        ("eval_batch_size", 0, 1),
+        ("num_train_epochs", 0, 0.5),
+        ("adam_beta1", 1.0, 0.9),
+        ("warmup_ratio", 1.0, 0.1),
+        ("weight_decay", -0.1, 0.0),
+    ],
+)
 def test_bounds(key: str, bad: float, good: float) -> None:
     assert check_bounds(key, good, key) is None
     problem = check_bounds(key, bad, key)
@@ -82,4 +95,5 @@ def test_bounds(key: str, bad: float, good: float) -> None:
 
 def test_max_steps_bound_says_how_to_train_by_epochs() -> None:
     assert check_bounds("max_steps", -1, "max_steps") == (
-        "max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs")
+        "max_steps: must be >= 1, got -1; omit max_steps to train for num_train_epochs"
+    )

@@ -305,12 +305,15 @@ def test_entry_point_plugin_is_loaded_with_its_distribution(entry_points: list) 
     assert h.broken == []
 
 
-@pytest.mark.parametrize("env, loaded", [
-    ("", False),
-    ("something-else", False),
-    ("pixel-shuffle", True),
-    ("vlmplug-pixel-shuffle", True),  # the distribution name works too
-])
+@pytest.mark.parametrize(
+    "env, loaded",
+    [
+        ("", False),
+        ("something-else", False),
+        ("pixel-shuffle", True),
+        ("vlmplug-pixel-shuffle", True),  # the distribution name works too
+    ],
+)
 def test_load_plugins_env(entry_points: list, monkeypatch: pytest.MonkeyPatch, env: str, loaded: bool) -> None:
     entry_points.append(FakeEntryPoint("pixel-shuffle", PixelShuffle(), FakeDist("vlmplug-pixel-shuffle", "0.3.1")))
     monkeypatch.setenv("VLMPLUG_LOAD_PLUGINS", env)
@@ -329,8 +332,11 @@ def test_disable_entry_point_plugin(entry_points: list, monkeypatch: pytest.Monk
 
 
 def test_entry_point_that_fails_to_import_is_collected(entry_points: list) -> None:
-    entry_points.append(FakeEntryPoint("broken", dist=FakeDist("vlmplug-broken", "1.0"),
-                                       exc=ImportError("No module named 'nonexistent'")))
+    entry_points.append(
+        FakeEntryPoint(
+            "broken", dist=FakeDist("vlmplug-broken", "1.0"), exc=ImportError("No module named 'nonexistent'")
+        )
+    )
     entry_points.append(FakeEntryPoint("pixel-shuffle", PixelShuffle(), FakeDist("vlmplug-pixel-shuffle", "0.3.1")))
     h = load()
     info = h.plugins["broken"]
@@ -400,8 +406,10 @@ def test_notify_only_takes_lifecycle_hooks(host: Any) -> None:
 
 
 def test_detect_dataset_format_through_the_facade(host: Any) -> None:
-    sample = {"messages": [{"role": "user", "content": "<image>\nhi"}, {"role": "assistant", "content": "a"}],
-              "images": ["x.png"]}
+    sample = {
+        "messages": [{"role": "user", "content": "<image>\nhi"}, {"role": "assistant", "content": "a"}],
+        "images": ["x.png"],
+    }
     assert host.detect_dataset_format(path="train.jsonl", sample=sample) == "messages"
     assert host.detect_dataset_format(path="train.jsonl", sample={"text": "no messages"}) is None
     assert host.detect_dataset_format(path="some/dir", sample=None) is None
@@ -430,15 +438,18 @@ def test_failing_detector_is_a_plugin_error() -> None:
         h.detect_dataset_format(path="x.jsonl", sample={})
 
 
-@pytest.mark.parametrize("model, config, expected", [
-    ("openai/clip-vit-large-patch14-336", None, "clip"),
-    ("openai/clip-vit-base-patch32", None, "clip"),
-    ("google/siglip-so400m-patch14-384", None, "siglip"),  # named by the roadmap plugin: a planned encoder
-    ("BAAI/EVA-CLIP-8B", None, "eva-clip"),
-    ("./local-tower", {"model_type": "clip_vision_model"}, "clip"),
-    ("./local-clip", {"model_type": "siglip_vision_model"}, "siglip"),
-    ("some/unknown-tower", None, None),
-])
+@pytest.mark.parametrize(
+    "model, config, expected",
+    [
+        ("openai/clip-vit-large-patch14-336", None, "clip"),
+        ("openai/clip-vit-base-patch32", None, "clip"),
+        ("google/siglip-so400m-patch14-384", None, "siglip"),  # named by the roadmap plugin: a planned encoder
+        ("BAAI/EVA-CLIP-8B", None, "eva-clip"),
+        ("./local-tower", {"model_type": "clip_vision_model"}, "clip"),
+        ("./local-clip", {"model_type": "siglip_vision_model"}, "siglip"),
+        ("some/unknown-tower", None, None),
+    ],
+)
 def test_detect_vision_encoder(host: Any, model: str, config: Any, expected: Any) -> None:
     assert host.detect_vision_encoder(model=model, config=config) == expected
 
@@ -450,11 +461,26 @@ _SPEC_PM.add_hookspecs(hookspecs)
 HOOK_NAMES = sorted(n for n in vars(_SPEC_PM.hook) if not n.startswith("_"))
 
 EXPECTED_HOOKS = {
-    "register_vision_encoders", "register_connectors", "register_fusions", "register_peft_methods",
-    "register_dataset_formats", "register_optimizer_stack", "register_evaluators", "register_commands",
-    "detect_dataset_format", "detect_vision_encoder",
-    "model_formats", "export_model", "detect_model_format", "import_model",
-    "on_run_start", "on_model_built", "on_train_start", "on_log", "on_checkpoint_saved", "on_eval_end",
+    "register_vision_encoders",
+    "register_connectors",
+    "register_fusions",
+    "register_peft_methods",
+    "register_dataset_formats",
+    "register_optimizer_stack",
+    "register_evaluators",
+    "register_commands",
+    "detect_dataset_format",
+    "detect_vision_encoder",
+    "model_formats",
+    "export_model",
+    "detect_model_format",
+    "import_model",
+    "on_run_start",
+    "on_model_built",
+    "on_train_start",
+    "on_log",
+    "on_checkpoint_saved",
+    "on_eval_end",
     "on_run_end",
 }
 
@@ -496,4 +522,4 @@ def test_registration_hooks_cover_every_family() -> None:
 def test_detection_hooks_are_firstresult() -> None:
     for hook in ("detect_dataset_format", "detect_vision_encoder"):
         assert getattr(_SPEC_PM.hook, hook).spec.opts["firstresult"] is True
-    assert getattr(_SPEC_PM.hook, "on_log").spec.opts["firstresult"] is False
+    assert _SPEC_PM.hook.on_log.spec.opts["firstresult"] is False

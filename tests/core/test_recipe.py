@@ -137,9 +137,7 @@ def test_plugins_same_as_recipe_adds_no_note(host: Any, quickstart: dict) -> Non
 
 
 def test_plugins_two_names_for_one_family(host: Any, quickstart: dict) -> None:
-    assert problems(host, quickstart, plugins=("linear", "mlp")) == [
-        "--plugins: connector: choose one of linear, mlp"
-    ]
+    assert problems(host, quickstart, plugins=("linear", "mlp")) == ["--plugins: connector: choose one of linear, mlp"]
 
 
 def test_plugins_appends_to_a_list_family(host: Any, quickstart: dict) -> None:
@@ -163,15 +161,20 @@ def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
     assert "choose from: clip, linear, mlp" in msg
 
 
-@pytest.mark.parametrize("name, family, available", [
-    ("qformer", "connector", "linear, mlp"),
-    ("spectrum", "PEFT method", "full, lora"),
-    ("siglip", "vision encoder", "clip"),
-])
+@pytest.mark.parametrize(
+    "name, family, available",
+    [
+        ("qformer", "connector", "linear, mlp"),
+        ("spectrum", "PEFT method", "full, lora"),
+        ("siglip", "vision encoder", "clip"),
+    ],
+)
 def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: str, available: str) -> None:
     (msg,) = problems(host, quickstart, plugins=(name,))
-    assert msg == (f"--plugins: '{name}' ({family}) is on the vlmplug roadmap but not available in "
-                   f"vlmplug {__version__}; available {family}s: {available}")
+    assert msg == (
+        f"--plugins: '{name}' ({family}) is on the vlmplug roadmap but not available in "
+        f"vlmplug {__version__}; available {family}s: {available}"
+    )
 
 
 def test_every_problem_is_reported_together(host: Any, quickstart: dict) -> None:
@@ -276,12 +279,12 @@ def test_flat_key_reaches_a_component_selected_by_plugins(host: Any, quickstart:
 
 def test_precedence_defaults_recipe_set(host: Any, quickstart: dict) -> None:
     data = {**quickstart, "peft": "lora"}
-    assert run(host, data).single["peft"].options["lora_r"] == 16           # component default
+    assert run(host, data).single["peft"].options["lora_r"] == 16  # component default
     data["lora_r"] = 8
-    assert run(host, data).single["peft"].options["lora_r"] == 8            # recipe flat key
+    assert run(host, data).single["peft"].options["lora_r"] == 8  # recipe flat key
     r = run(host, data, sets=("lora_r=32",))
-    assert r.single["peft"].options["lora_r"] == 32                         # --set wins
-    assert r.single["peft"].options["lora_alpha"] == 16                     # others keep defaults
+    assert r.single["peft"].options["lora_r"] == 32  # --set wins
+    assert r.single["peft"].options["lora_alpha"] == 16  # others keep defaults
 
 
 @pytest.mark.parametrize("key", ["peft.lora_r", "lora.lora_r", "lora_r"])
@@ -359,7 +362,13 @@ def test_parse_set_needs_key_value(item: str) -> None:
 
 def test_parse_set_reads_yaml_values() -> None:
     assert parse_set(["a=1", "b=true", "c=[x, y]", "d=", "e=text", "f=1e-4", "g=a=b"]) == [
-        ("a", 1), ("b", True), ("c", ["x", "y"]), ("d", ""), ("e", "text"), ("f", "1e-4"), ("g", "a=b"),
+        ("a", 1),
+        ("b", True),
+        ("c", ["x", "y"]),
+        ("d", ""),
+        ("e", "text"),
+        ("f", "1e-4"),
+        ("g", "a=b"),
     ]
 
 
@@ -475,10 +484,17 @@ def test_resolved_recipe_round_trips_to_yaml(host: Any) -> None:
 def _messages_file(tmp_path: Path) -> Path:
     p = tmp_path / "train.jsonl"
     rows = [
-        {"messages": [{"role": "user", "content": "<image>\nWhat colour?"},
-                      {"role": "assistant", "content": "red"}], "images": ["a.png"]},
-        {"messages": [{"role": "user", "content": "<image>\nWhat shape?"},
-                      {"role": "assistant", "content": "circle"}], "images": ["b.png"]},
+        {
+            "messages": [{"role": "user", "content": "<image>\nWhat colour?"}, {"role": "assistant", "content": "red"}],
+            "images": ["a.png"],
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "<image>\nWhat shape?"},
+                {"role": "assistant", "content": "circle"},
+            ],
+            "images": ["b.png"],
+        },
     ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return p
@@ -523,6 +539,4 @@ def test_dataset_unreadable_json(host: Any, quickstart: dict, tmp_path: Path) ->
 
 def test_no_training_data(host: Any, quickstart: dict) -> None:
     data = {k: v for k, v in quickstart.items() if k != "datasets"}
-    assert problems(host, data) == [
-        "datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`"
-    ]
+    assert problems(host, data) == ["datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`"]

@@ -13,13 +13,16 @@ from vlmplug.registry import ComponentSpec, Registry, coerce_value, describe_typ
 # -- coerce_value ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("2e-4", 0.0002),      # YAML 1.1 reads 2e-4 (no dot) as a string
-    ("1e-3", 0.001),
-    ("0.5", 0.5),
-    (3, 3.0),
-    (0.1, 0.1),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("2e-4", 0.0002),  # YAML 1.1 reads 2e-4 (no dot) as a string
+        ("1e-3", 0.001),
+        ("0.5", 0.5),
+        (3, 3.0),
+        (0.1, 0.1),
+    ],
+)
 def test_float_accepts_numbers_and_numeric_strings(raw: Any, expected: float) -> None:
     out = coerce_value(raw, float, "learning_rate")
     assert out == pytest.approx(expected)
@@ -32,11 +35,23 @@ def test_float_rejects_non_numbers_naming_the_key(raw: Any) -> None:
         coerce_value(raw, float, "learning_rate")
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (True, True), (False, False),
-    ("true", True), ("True", True), ("yes", True), ("on", True), ("1", True),
-    ("false", False), ("FALSE", False), ("no", False), ("off", False), ("0", False),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("True", True),
+        ("yes", True),
+        ("on", True),
+        ("1", True),
+        ("false", False),
+        ("FALSE", False),
+        ("no", False),
+        ("off", False),
+        ("0", False),
+    ],
+)
 def test_bool_strings(raw: Any, expected: bool) -> None:
     assert coerce_value(raw, bool, "bf16") is expected
 
@@ -118,8 +133,7 @@ def test_union_int_float_keeps_ints_and_takes_ratios() -> None:
 
 
 def test_list_from_comma_string() -> None:
-    assert coerce_value("q_proj, v_proj,,o_proj ", list[str], "lora_target_modules") == \
-        ["q_proj", "v_proj", "o_proj"]
+    assert coerce_value("q_proj, v_proj,,o_proj ", list[str], "lora_target_modules") == ["q_proj", "v_proj", "o_proj"]
 
 
 def test_list_items_are_coerced_and_errors_name_the_index() -> None:
@@ -204,7 +218,7 @@ def test_validate_options_reports_every_problem() -> None:
 
 
 def test_validate_options_post_init_errors_surface() -> None:
-    out, problems = validate_options(PROJ, {"depth": 0}, "connector")
+    _out, problems = validate_options(PROJ, {"depth": 0}, "connector")
     assert problems == ["connector: depth must be at least 1"]
 
 
@@ -241,10 +255,12 @@ def test_load_factory_is_lazy_and_resolves_dotted_attrs() -> None:
 # -- Registry -------------------------------------------------------------------------------------
 
 
-def _spec(name: str, family: str = "connector", provider: str = "built-in", plugin: str = "p",
-          aliases: tuple[str, ...] = ()) -> ComponentSpec:
-    return ComponentSpec(name=name, summary=name, factory="x:y", family=family, provider=provider,
-                         plugin=plugin, aliases=aliases)
+def _spec(
+    name: str, family: str = "connector", provider: str = "built-in", plugin: str = "p", aliases: tuple[str, ...] = ()
+) -> ComponentSpec:
+    return ComponentSpec(
+        name=name, summary=name, factory="x:y", family=family, provider=provider, plugin=plugin, aliases=aliases
+    )
 
 
 def test_registry_duplicate_names_both_providers_and_plugins() -> None:

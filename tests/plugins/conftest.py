@@ -8,11 +8,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from typing import Any  # noqa: E402
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from vlmplug.testing import tiny as _tiny  # noqa: E402
+from vlmplug.testing import tiny as _tiny
 
 
 @pytest.fixture(scope="session")

@@ -52,10 +52,22 @@ def _one_step(make: Any, tokenizer: Any, batch: int, accum: int, tmp: Path) -> t
     vlm = make()
     data, collator = _dataset(tokenizer, vlm, 16)
     args = TrainingArguments(
-        output_dir=str(tmp), per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
-        learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", max_grad_norm=1e9, logging_steps=1,
-        report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-        remove_unused_columns=False, dataloader_num_workers=0,
+        output_dir=str(tmp),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        max_steps=1,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=1e9,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
     )
     trainer = Trainer(model=vlm, args=args, train_dataset=data, data_collator=collator)
     trainer.train()
@@ -67,6 +79,7 @@ def _one_step(make: Any, tokenizer: Any, batch: int, accum: int, tmp: Path) -> t
 def _full(tokenizer: Any, connector: Any = "mlp") -> Any:
     def make() -> Any:
         return tiny.make_vlm(tokenizer, tiny.make_ctx(), connector=connector)
+
     return make
 
 
@@ -78,6 +91,7 @@ def _lora(tokenizer: Any) -> Any:
         method = tiny.build(lora.SPEC, tiny.make_ctx(), {"lora_r": 4, "lora_dropout": 0.0})
         torch.manual_seed(5)
         return method.apply(vlm)
+
     return make
 
 
@@ -85,12 +99,14 @@ def _lora(tokenizer: Any) -> Any:
 def test_k_micro_steps_equal_one_big_step(case: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     tokenizer = tiny.make_tokenizer()
-    make = {"full": lambda: _full(tokenizer), "lora": lambda: _lora(tokenizer),
-            "contrib-pixel-shuffle": lambda: _full(tokenizer, _contrib_connector())}[case]()
+    make = {
+        "full": lambda: _full(tokenizer),
+        "lora": lambda: _lora(tokenizer),
+        "contrib-pixel-shuffle": lambda: _full(tokenizer, _contrib_connector()),
+    }[case]()
     big_loss, big_norm, big_w = _one_step(make, tokenizer, batch=8, accum=1, tmp=tmp_path / "big")
     acc_loss, acc_norm, acc_w = _one_step(make, tokenizer, batch=2, accum=4, tmp=tmp_path / "acc")
-    print(f"{case}: loss {big_loss:.6f} (1x8) vs {acc_loss:.6f} (4x2); "
-          f"grad norm {big_norm:.6f} vs {acc_norm:.6f}")
+    print(f"{case}: loss {big_loss:.6f} (1x8) vs {acc_loss:.6f} (4x2); grad norm {big_norm:.6f} vs {acc_norm:.6f}")
     assert math.isclose(acc_loss, big_loss, rel_tol=1e-5), (acc_loss, big_loss)
     assert math.isclose(acc_norm, big_norm, rel_tol=1e-4), (acc_norm, big_norm)
     assert big_w.keys() == acc_w.keys() and big_w

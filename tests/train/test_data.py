@@ -30,8 +30,17 @@ T = 4  # tokens per image
 
 @pytest.fixture(scope="module")
 def tok():
-    texts = ["What color is the shape?", "How many shapes are there?", "red", "a red circle", "circle",
-             "You are a helpful assistant.", "And which shape is it?", "yes", "no"]
+    texts = [
+        "What color is the shape?",
+        "How many shapes are there?",
+        "red",
+        "a red circle",
+        "circle",
+        "You are a helpful assistant.",
+        "And which shape is it?",
+        "yes",
+        "no",
+    ]
     return build_tiny_tokenizer(texts, IMAGE, vocab_size=300)
 
 
@@ -49,8 +58,10 @@ def _sample(answer="a red circle", question="What color is the shape?", images=(
 
 def _labelled_runs(tok, ids, labels):
     """Decoded runs of consecutive labelled / unlabelled tokens: [(is_labelled, text), ...]."""
-    return [(k, tok.decode([t for t, _ in g]))
-            for k, g in itertools.groupby(zip(ids, labels), key=lambda x: x[1] != IGNORE_INDEX)]
+    return [
+        (k, tok.decode([t for t, _ in g]))
+        for k, g in itertools.groupby(zip(ids, labels), key=lambda x: x[1] != IGNORE_INDEX)
+    ]
 
 
 def _png(path, color=(200, 30, 30), size=(8, 8)):
@@ -80,10 +91,12 @@ def test_labels_cover_exactly_the_assistant_turn(tok, encoder):
 
 
 def test_two_turn_conversation_labels_both_assistant_turns(tok, encoder):
-    msgs = [{"role": "user", "content": f"{IMAGE}\nWhat color is the shape?"},
-            {"role": "assistant", "content": "red"},
-            {"role": "user", "content": "And which shape is it?"},
-            {"role": "assistant", "content": "circle"}]
+    msgs = [
+        {"role": "user", "content": f"{IMAGE}\nWhat color is the shape?"},
+        {"role": "assistant", "content": "red"},
+        {"role": "user", "content": "And which shape is it?"},
+        {"role": "assistant", "content": "circle"},
+    ]
     ids, labels = encoder.encode({"messages": msgs, "images": ["x"]}, "row 3")
     runs = _labelled_runs(tok, ids, labels)
     assert [text for lab, text in runs if lab] == ["red<|end|>", "circle<|end|>"]
@@ -93,7 +106,7 @@ def test_two_turn_conversation_labels_both_assistant_turns(tok, encoder):
 
 @pytest.mark.parametrize("answer", ["naïve café 🐱", " leading space", "two\nlines"])
 def test_labels_with_unusual_text(tok, encoder, answer):
-    ids, labels = encoder.encode(_sample(answer=answer, images=()), "row")
+    _ids, labels = encoder.encode(_sample(answer=answer, images=()), "row")
     assert tok.decode([t for t in labels if t != IGNORE_INDEX]) == f"{answer}<|end|>"
 
 
@@ -110,8 +123,9 @@ def test_image_placeholder_expands_with_ignored_labels(tok, encoder):
     assert first == list(range(first[0], first[0] + T))
     assert all(labels[i] == IGNORE_INDEX for i in positions)
     # the unexpanded rendering has exactly one image token per image
-    plain = tok(tok.apply_chat_template(_sample(images=("a", "b"))["messages"], tokenize=False),
-                add_special_tokens=False)["input_ids"]
+    plain = tok(
+        tok.apply_chat_template(_sample(images=("a", "b"))["messages"], tokenize=False), add_special_tokens=False
+    )["input_ids"]
     assert plain.count(image_id) == 2
     assert len(ids) == len(plain) + 2 * (T - 1)
 
@@ -194,7 +208,10 @@ def test_bad_samples_skipped_and_counted(encoder, tmp_path):
     ds = EncodedDataset(WithSkips(samples), encoder, "train", skip_bad=True)
     assert len(ds) == 2
     assert [(s["reason"], s["where"]) for s in ds.skipped] == [
-        ("malformed-row", "data.jsonl:9"), ("missing-image", "train sample 1"), ("image-count", "train sample 2")]
+        ("malformed-row", "data.jsonl:9"),
+        ("missing-image", "train sample 1"),
+        ("image-count", "train sample 2"),
+    ]
     assert "missing.png" in ds.skipped[1]["message"]
     assert "placeholder" in ds.skipped[2]["message"]
     assert ds[1]["labels"] == encoder.encode(samples[3], "x")[1]
@@ -265,8 +282,11 @@ def test_collator_pads_right_and_stacks_pixels(tok):
     out = TrainCollator(pad, preprocess)(batch)
     assert set(out) == {"input_ids", "attention_mask", "labels", "pixel_values"}
     assert out["input_ids"].tolist() == [[11, 12, 13, pad, pad], [21, 22, 23, 24, 25], [31, pad, pad, pad, pad]]
-    assert out["labels"].tolist() == [[-100, 12, 13, -100, -100], [-100, -100, 23, 24, 25],
-                                      [31, -100, -100, -100, -100]]
+    assert out["labels"].tolist() == [
+        [-100, 12, 13, -100, -100],
+        [-100, -100, 23, 24, 25],
+        [31, -100, -100, -100, -100],
+    ]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     assert out["input_ids"].dtype == out["labels"].dtype == out["attention_mask"].dtype == torch.long
     assert seen == [red, blue, red]  # images in batch order
@@ -276,7 +296,8 @@ def test_collator_pads_right_and_stacks_pixels(tok):
 
 def test_collator_without_images_has_no_pixel_values(tok):
     out = TrainCollator(tok.pad_token_id, lambda ims: pytest.fail("preprocess called"))(
-        [{"input_ids": [5], "labels": [5], "images": []}])
+        [{"input_ids": [5], "labels": [5], "images": []}]
+    )
     assert "pixel_values" not in out
 
 

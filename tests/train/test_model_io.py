@@ -24,17 +24,20 @@ def _batch(vlm: Any, n_images: int = 2, seed: int = 0) -> dict[str, torch.Tensor
     tok = vlm.tokenizer
     g = torch.Generator().manual_seed(seed)
     texts = ["<image>\nWhat color is the shape?", "<image>\nHow many shapes are there?"][:n_images]
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-               for t in texts]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    expanded = [[t for i in row for t in ([i] * vlm.tokens_per_image if i == vlm.image_token_id else [i])]
-                for row in ids]
+    expanded = [
+        [t for i in row for t in ([i] * vlm.tokens_per_image if i == vlm.image_token_id else [i])] for row in ids
+    ]
     width = max(map(len, expanded))
     input_ids = torch.full((len(expanded), width), tok.pad_token_id)
     mask = torch.zeros_like(input_ids)
     for r, row in enumerate(expanded):  # left padding, as generation wants
-        input_ids[r, width - len(row):] = torch.tensor(row)
-        mask[r, width - len(row):] = 1
+        input_ids[r, width - len(row) :] = torch.tensor(row)
+        mask[r, width - len(row) :] = 1
     images = [Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()) for _ in texts]
     return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": vlm.vision_encoder.preprocess(images)}
 
@@ -55,8 +58,14 @@ def _same_outputs(a: Any, b: Any) -> None:
 def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp(request.param) / "run"
     plugins = ("lora",) if request.param == "lora" else ()
-    return run_recipe(steps=3, plugins=plugins, output_dir=out, eval_before_training=False,
-                      learning_rate=1e-2, **({"lora_modules_to_save": ["lm_head"]} if plugins else {}))
+    return run_recipe(
+        steps=3,
+        plugins=plugins,
+        output_dir=out,
+        eval_before_training=False,
+        learning_rate=1e-2,
+        **({"lora_modules_to_save": ["lm_head"]} if plugins else {}),
+    )
 
 
 def test_load_gives_the_trained_models_logits_and_generations(trained: Any) -> None:

@@ -25,8 +25,14 @@ from vlmplug.train.run import run as run_training
 SAVE = ("save_strategy=steps", "save_steps=2", "eval_before_training=false")
 
 
-def go(tmp: Path | None, *sets: str, plugins: tuple[str, ...] = ("lora",), extra: tuple = (),
-       console: Console | None = None, data: dict | None = None) -> Any:
+def go(
+    tmp: Path | None,
+    *sets: str,
+    plugins: tuple[str, ...] = ("lora",),
+    extra: tuple = (),
+    console: Console | None = None,
+    data: dict | None = None,
+) -> Any:
     host = load(autoload=False, extra_plugins=extra)
     recipe = resolve(data or TINY_RECIPE, host.registry, host=host, plugins=plugins, sets=parse_set(sets))
     return run_training(recipe, host, output_dir=str(tmp) if tmp else None, console=console or Console(quiet=True))
@@ -54,8 +60,14 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 def test_adapter_checkpoint_holds_trainable_weights_optimizer_and_rng_not_the_base(tmp_path: Path) -> None:
     result = go(tmp_path / "run", *SAVE)
     ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                 "vlmplug_state.json"):
+    for name in (
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "vlmplug_state.json",
+    ):
         assert (ckpt / name).is_file(), name
     vlm = result.model
     trainable = {n for n, p in vlm.named_parameters() if p.requires_grad}
@@ -65,8 +77,7 @@ def test_adapter_checkpoint_holds_trainable_weights_optimizer_and_rng_not_the_ba
     n_total = sum(p.numel() for p in vlm.parameters())
     full_bytes = 4 * n_total
     ratio = (ckpt / "model.safetensors").stat().st_size / full_bytes
-    print(f"LoRA checkpoint model file: {ratio:.3f} of the full model "
-          f"(trainable fraction {n_trainable / n_total:.3f})")
+    print(f"LoRA checkpoint model file: {ratio:.3f} of the full model (trainable fraction {n_trainable / n_total:.3f})")
     assert ratio == pytest.approx(n_trainable / n_total, abs=0.02)
     assert ratio < 0.5
 
@@ -95,13 +106,14 @@ def test_resuming_a_finished_run_takes_no_extra_step(tmp_path: Path) -> None:
     again = go(tmp_path / "run", *SAVE, "resume_from_checkpoint=last")
     assert again.metrics["train"]["steps"] == 4
     assert again.metrics["train"]["train_loss"] == pytest.approx(first.metrics["train"]["train_loss"])
-    a = {k: v for k, v in first.model.state_dict().items()}
+    a = dict(first.model.state_dict().items())
     for k, v in again.model.state_dict().items():
         assert torch.equal(v, a[k]), k
 
 
-def test_resume_last_finds_the_interrupted_run_and_never_a_finished_one(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_last_finds_the_interrupted_run_and_never_a_finished_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     console = Console(record=True, width=300)
     with pytest.raises(KeyboardInterrupt):
@@ -120,10 +132,13 @@ def test_resume_last_finds_the_interrupted_run_and_never_a_finished_one(tmp_path
         go(None, *SAVE, "resume_from_checkpoint=last")  # both finished now: nothing is resumed implicitly
 
 
-@pytest.mark.parametrize("sets, message", [
-    (("resume_from_checkpoint=nowhere/checkpoint-9",), "nowhere/checkpoint-9 does not exist"),
-    (("resume_from_checkpoint=last",), "no complete checkpoint"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (("resume_from_checkpoint=nowhere/checkpoint-9",), "nowhere/checkpoint-9 does not exist"),
+        (("resume_from_checkpoint=last",), "no complete checkpoint"),
+    ],
+)
 def test_bad_resume_is_an_error_before_any_model_loads(tmp_path: Path, sets: tuple, message: str) -> None:
     go(tmp_path / "run", "eval_before_training=false")  # a run without checkpoints
     before = sorted(p.name for p in (tmp_path / "run").iterdir())

@@ -21,8 +21,15 @@ TINY = {
     "name": "t",
     "model": "tiny-llama",
     "model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2},
-    "vision_encoder": {"name": "clip", "model": "tiny", "tiny_image_size": 32, "tiny_hidden_size": 32,
-                       "tiny_layers": 2, "tiny_heads": 2, "feature_layer": -1},
+    "vision_encoder": {
+        "name": "clip",
+        "model": "tiny",
+        "tiny_image_size": 32,
+        "tiny_hidden_size": 32,
+        "tiny_layers": 2,
+        "tiny_heads": 2,
+        "feature_layer": -1,
+    },
     "connector": "mlp",
     "datasets": [{"format": "shapes", "num_samples": 64, "seed": 0, "image_size": 32}],
     "eval_datasets": [{"format": "shapes", "num_samples": 8, "seed": 1, "image_size": 32}],
@@ -53,10 +60,20 @@ BLANK = {"name": "blank", "format": "shapes", "num_samples": 8, "seed": 1, "imag
 def test_full_run_writes_everything(tmp_path: Path) -> None:
     result = run({**TINY, "eval_datasets": [*TINY["eval_datasets"], BLANK]}, tmp_path)
     d = result.run_dir
-    for name in ("resolved_recipe.yaml", "metrics.json", "train.log", "run.json", "predictions_after.jsonl",
-                 "model/connector.safetensors", "model/llm/model.safetensors", "model/llm/config.json",
-                 "model/vision_encoder.safetensors", "model/tokenizer/tokenizer.json",
-                 "model/processor/preprocessor_config.json", "model/vlmplug_model.json"):
+    for name in (
+        "resolved_recipe.yaml",
+        "metrics.json",
+        "train.log",
+        "run.json",
+        "predictions_after.jsonl",
+        "model/connector.safetensors",
+        "model/llm/model.safetensors",
+        "model/llm/config.json",
+        "model/vision_encoder.safetensors",
+        "model/tokenizer/tokenizer.json",
+        "model/processor/preprocessor_config.json",
+        "model/vlmplug_model.json",
+    ):
         assert (d / name).is_file(), name
     assert not list(d.glob("*.partial"))
     assert not (d / "run.log").exists()  # one log file
@@ -84,8 +101,7 @@ def test_lora_adapter_loads_with_plain_peft(tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = run(TINY, tmp_path, "eval_before_training=false", "lora_modules_to_save=[lm_head]",
-                 plugins=("lora",))
+    result = run(TINY, tmp_path, "eval_before_training=false", "lora_modules_to_save=[lm_head]", plugins=("lora",))
     model_dir = result.run_dir / "model"
     assert (model_dir / "adapter" / "adapter_config.json").is_file()
     assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -106,8 +122,15 @@ def test_atomic_checkpoints_and_resume(tmp_path: Path) -> None:
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert (ckpts / "checkpoint-4" / "model.safetensors").is_file()
     assert (ckpts / "checkpoint-4" / "optimizer.pt").is_file()
-    result = run(TINY, tmp_path, "save_strategy=steps", "save_steps=2", "eval_before_training=false",
-                 "max_steps=6", "resume_from_checkpoint=last")
+    result = run(
+        TINY,
+        tmp_path,
+        "save_strategy=steps",
+        "save_steps=2",
+        "eval_before_training=false",
+        "max_steps=6",
+        "resume_from_checkpoint=last",
+    )
     assert result.metrics["train"]["steps"] == 6
     logs = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     assert [e["step"] for e in logs if "loss" in e][-2:] == [5, 6]  # resumed at 4, not from 0
@@ -126,16 +149,26 @@ def _write_messages(tmp_path: Path) -> Path:
     Image.new("RGB", (40, 30), (10, 10, 200)).save(img_dir / "blue.png")
     (img_dir / "corrupt.png").write_bytes(b"not a png at all")
     rows = [
-        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
-         "images": ["img/red.png"]},
-        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "blue"}],
-         "images": ["img/blue.png"]},
-        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
-         "images": ["img/missing.png"]},
-        {"messages": [{"role": "user", "content": "Color?"}, {"role": "assistant", "content": "red"}],
-         "images": ["img/red.png"]},
-        {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
-         "images": ["img/corrupt.png"]},
+        {
+            "messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
+            "images": ["img/red.png"],
+        },
+        {
+            "messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "blue"}],
+            "images": ["img/blue.png"],
+        },
+        {
+            "messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
+            "images": ["img/missing.png"],
+        },
+        {
+            "messages": [{"role": "user", "content": "Color?"}, {"role": "assistant", "content": "red"}],
+            "images": ["img/red.png"],
+        },
+        {
+            "messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "x"}],
+            "images": ["img/corrupt.png"],
+        },
     ]
     path = tmp_path / "data" / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -151,14 +184,16 @@ def test_bad_rows_error_names_file_and_line(tmp_path: Path) -> None:
 
 def test_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
     path = _write_messages(tmp_path)
-    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "on_bad_sample": "skip",
-            "max_steps": 1}
+    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "on_bad_sample": "skip", "max_steps": 1}
     result = run(data, tmp_path)
     assert result.metrics["train_samples"] == 2
     skipped = result.metrics["skipped"]["train"]
     assert skipped["total"] == 3
     assert {r: e["count"] for r, e in skipped["reasons"].items()} == {
-        "missing-image": 1, "image-count": 1, "unreadable-image": 1}
+        "missing-image": 1,
+        "image-count": 1,
+        "unreadable-image": 1,
+    }
     assert skipped["reasons"]["missing-image"]["first"] == [f"{path}:3"]
 
 
@@ -166,7 +201,7 @@ def test_model_config_typo_is_an_error(tmp_path: Path) -> None:
     from vlmplug.errors import ConfigError
 
     data = {**TINY, "model_config": {"hidden_sise": 64}}
-    with pytest.raises(ConfigError, match="model_config.hidden_sise: not a field of LlamaConfig.*'hidden_size'"):
+    with pytest.raises(ConfigError, match=r"model_config\.hidden_sise: not a field of LlamaConfig.*'hidden_size'"):
         run(data, tmp_path)
 
 
@@ -187,8 +222,10 @@ def _rows_with_truncated(tmp_path: Path, n_good: int = 6) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (40, 30), (200, 10, 10)).save(d / "red.png")
     _truncated_jpeg(d / "cut.jpg")
-    row = {"messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
-           "images": ["red.png"]}
+    row = {
+        "messages": [{"role": "user", "content": "<image>\nColor?"}, {"role": "assistant", "content": "red"}],
+        "images": ["red.png"],
+    }
     rows = [row] * n_good + [{**row, "images": ["cut.jpg"]}]
     path = d / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -199,8 +236,14 @@ def test_image_that_fails_only_when_decoded_is_skipped_and_counted(tmp_path: Pat
     path = _rows_with_truncated(tmp_path)
     with Image.open(path.parent / "cut.jpg") as im:
         im.size  # noqa: B018 - the header is fine: only decoding fails
-    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "on_bad_sample": "skip",
-            "max_steps": 3, "per_device_train_batch_size": 7}
+    data = {
+        **TINY,
+        "datasets": [{"path": str(path)}],
+        "eval_datasets": [],
+        "on_bad_sample": "skip",
+        "max_steps": 3,
+        "per_device_train_batch_size": 7,
+    }
     result = run(data, tmp_path)
     assert result.metrics["train"]["steps"] == 3
     assert result.metrics["train_samples"] == 7  # it passed the up-front checks
@@ -213,8 +256,13 @@ def test_image_that_fails_only_when_decoded_stops_the_run_naming_the_row(tmp_pat
     from vlmplug.errors import DataError
 
     path = _rows_with_truncated(tmp_path)
-    data = {**TINY, "datasets": [{"path": str(path)}], "eval_datasets": [], "max_steps": 2,
-            "per_device_train_batch_size": 7}
+    data = {
+        **TINY,
+        "datasets": [{"path": str(path)}],
+        "eval_datasets": [],
+        "max_steps": 2,
+        "per_device_train_batch_size": 7,
+    }
     with pytest.raises(DataError, match=rf"{path}:7: cannot read image .*cut\.jpg"):
         run(data, tmp_path)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -289,8 +337,9 @@ def test_curve_is_skipped_past_max_steps_and_respects_eval_max_samples(tmp_path:
     assert [p["step"] for p in m["curve"]] == [4]  # only the final evaluation, no extra pass
     assert m["curve"][0]["metrics"] == m["after"]["shapes"] and m["curve"][0]["samples"] == 3
     assert m["after"]["shapes"]["vqa"]["count"] == 3
-    short = run({**TINY, "eval_every_steps": 2, "eval_max_samples": 3, "eval_curve_samples": 50},
-                tmp_path / "b").metrics
+    short = run(
+        {**TINY, "eval_every_steps": 2, "eval_max_samples": 3, "eval_curve_samples": 50}, tmp_path / "b"
+    ).metrics
     assert [(p["step"], p["samples"]) for p in short["curve"]] == [(2, 3), (4, 3)]
 
 

@@ -12,9 +12,11 @@ from vlmplug.plugins.datasets._messages import MessagesDataset
 
 
 def _row(question="What color is the shape?", answer="red", images=("img.png",), **extra):
-    return {"messages": [{"role": "user", "content": f"<image>\n{question}"},
-                         {"role": "assistant", "content": answer}],
-            "images": list(images), **extra}
+    return {
+        "messages": [{"role": "user", "content": f"<image>\n{question}"}, {"role": "assistant", "content": answer}],
+        "images": list(images),
+        **extra,
+    }
 
 
 def _write_json(path, rows):
@@ -51,8 +53,12 @@ def test_image_paths_resolved_relative_to_the_file(tiny, tmp_path):
     sub.mkdir()
     absolute = str(tmp_path / "elsewhere" / "abs.png")
     uri = "data:image/png;base64,AAAA"
-    rows = [_row(images=["img.png"]), _row(images=["pics/x.jpg", absolute, uri]),
-            {**_row(), "images": "single.png"}, {"messages": _row()["messages"]}]
+    rows = [
+        _row(images=["img.png"]),
+        _row(images=["pics/x.jpg", absolute, uri]),
+        {**_row(), "images": "single.png"},
+        {"messages": _row()["messages"]},
+    ]
     ds = _load(tiny, _write_jsonl(sub / "train.jsonl", rows))
     assert ds[0]["images"] == [str(sub / "img.png")]
     assert ds[1]["images"] == [str(sub / "pics" / "x.jpg"), absolute, uri]
@@ -82,10 +88,14 @@ def test_max_samples(tiny, tmp_path):
 BAD_ROWS = {
     "missing messages": ({"images": ["a.png"]}, "'messages' must be a non-empty list"),
     "empty messages": ({"messages": []}, "'messages' must be a non-empty list"),
-    "bad role": ({"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-                 "messages[0] must have role in"),
-    "non-string content": ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
-                           "messages[0] must have role in"),
+    "bad role": (
+        {"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        "messages[0] must have role in",
+    ),
+    "non-string content": (
+        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
+        "messages[0] must have role in",
+    ),
     "no assistant": ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
     "bad images": ({**_row(), "images": [1, 2]}, "'images' must be a list"),
     "not an object": (["a", "b"], "expected an object"),
@@ -123,16 +133,23 @@ def test_all_problems_counted_first_five_listed(tiny, tmp_path):
 
 
 def test_skip_mode_skips_and_lists_bad_rows(tiny, tmp_path):
-    rows = [_row(answer="a"), {"images": []}, _row(answer="b"),
-            {"messages": [{"role": "user", "content": "q"}]}, _row(answer="c")]
+    rows = [
+        _row(answer="a"),
+        {"images": []},
+        _row(answer="b"),
+        {"messages": [{"role": "user", "content": "q"}]},
+        _row(answer="c"),
+    ]
     path = _write_jsonl(tmp_path / "d.jsonl", rows)
     ds = _load(tiny, path, on_bad_sample="skip")
     assert [s["messages"][1]["content"] for s in ds] == ["a", "b", "c"]
     assert len(ds.skipped) == 2
     assert str(ds.skipped[0]).startswith(f"{path}:2:")
     assert str(ds.skipped[1]).startswith(f"{path}:4:")
-    assert [(e.reason, e.where) for e in ds.skipped[:2]] == [("malformed-row", f"{path}:2"),
-                                                           ("malformed-row", f"{path}:4")]
+    assert [(e.reason, e.where) for e in ds.skipped[:2]] == [
+        ("malformed-row", f"{path}:2"),
+        ("malformed-row", f"{path}:4"),
+    ]
     assert [s["_where"] for s in ds] == [f"{path}:1", f"{path}:3", f"{path}:5"]
 
 

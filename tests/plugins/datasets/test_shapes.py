@@ -32,14 +32,21 @@ def _read_image(img: Image.Image) -> list[tuple[str, str, int]]:
     found = []
     for cell in range(4):
         y0, x0 = (cell // 2) * half, (cell % 2) * half
-        q = a[y0:y0 + half, x0:x0 + half]
+        q = a[y0 : y0 + half, x0 : x0 + half]
         fg = np.abs(q - bg).max(-1) > 0
         if not fg.any():
             continue
         ys, xs = np.nonzero(fg)
         fill = fg.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-        kind = "square" if fill > 0.99 else "circle" if 0.65 < fill < 0.9 else "triangle" if 0.4 < fill < 0.62 \
+        kind = (
+            "square"
+            if fill > 0.99
+            else "circle"
+            if 0.65 < fill < 0.9
+            else "triangle"
+            if 0.4 < fill < 0.62
             else f"unknown(fill={fill:.2f})"
+        )
         pixels = q[fg]
         assert (pixels == pixels[0]).all(), "a shape has one flat fill colour"
         color = min(COLORS, key=lambda c: np.abs(pixels[0] - np.array(COLORS[c])).max())
@@ -60,9 +67,13 @@ def _target(question: str, names) -> str:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return (a["messages"] == b["messages"] and a["answers"] == b["answers"] and a["id"] == b["id"]
-            and a["question_type"] == b["question_type"]
-            and all(x.tobytes() == y.tobytes() for x, y in zip(a["images"], b["images"])))
+    return (
+        a["messages"] == b["messages"]
+        and a["answers"] == b["answers"]
+        and a["id"] == b["id"]
+        and a["question_type"] == b["question_type"]
+        and all(x.tobytes() == y.tobytes() for x, y in zip(a["images"], b["images"]))
+    )
 
 
 def test_sample_layout(tiny):
@@ -104,8 +115,12 @@ def test_different_seeds_differ(tiny):
 
 def test_question_types_uniform(tiny):
     ds = _build(tiny)
-    assert Counter(ds[i]["question_type"] for i in range(len(ds))) == \
-        {"color": 20, "shape": 20, "count": 20, "presence": 20}
+    assert Counter(ds[i]["question_type"] for i in range(len(ds))) == {
+        "color": 20,
+        "shape": 20,
+        "count": 20,
+        "presence": 20,
+    }
     two = _build(tiny, question_types=["count", "color"], num_samples=10)
     assert [two[i]["question_type"] for i in range(10)] == ["count", "color"] * 5
 
@@ -181,10 +196,15 @@ def test_max_shapes_respected(tiny):
         assert len(_read_image(ds[i]["images"][0])) == int(ds[i]["answers"][0])
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"max_shapes": 5}, "max_shapes"), ({"image_size": 16}, "image_size"), ({"num_samples": 0}, "num_samples"),
-    ({"question_types": []}, "question_types"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"max_shapes": 5}, "max_shapes"),
+        ({"image_size": 16}, "image_size"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"question_types": []}, "question_types"),
+    ],
+)
 def test_config_validation(options, match):
     with pytest.raises(ValueError, match=match):
         shapes_plugin.SPEC.make_config(options)

@@ -49,8 +49,9 @@ def test_keep_cls_adds_one_token(tiny, ctx):
 
 
 def test_other_tiny_sizes(tiny, ctx):
-    tower = tiny.make_clip(ctx, tiny_image_size=48, tiny_patch_size=16, tiny_hidden_size=24, tiny_layers=1,
-                          feature_layer=-1)
+    tower = tiny.make_clip(
+        ctx, tiny_image_size=48, tiny_patch_size=16, tiny_hidden_size=24, tiny_layers=1, feature_layer=-1
+    )
     with torch.no_grad():
         feats = tower(_pixels(1, size=48))
     assert feats.shape == (1, 9, 24)
@@ -122,11 +123,26 @@ def test_full_clip_checkpoint_loads_vision_tower_only(tiny, ctx, tmp_path):
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=64,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     full = CLIPModel(cfg).eval()
     full.save_pretrained(tmp_path / "clip")
     _processor().save_pretrained(tmp_path / "clip")
@@ -186,8 +202,9 @@ def test_pipeline_matches_hf_resize_and_odd_crop(size):
 @pytest.mark.parametrize("resample", [0, 1, 2, 3], ids=["nearest", "lanczos", "bilinear", "bicubic"])
 def test_pipeline_honours_the_resample_filter(resample):
     # 64 x 96 -> 32 x 48 -> centre crop of 32 rows from 8: the crop rule is not in play here
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                      resample=resample)
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, resample=resample
+    )
     _compare(_random_image(64, 96, seed=8), processor)
 
 
@@ -211,26 +228,35 @@ def test_tower_preprocess_feeds_forward(clip_tower):
 # -- detect_vision_encoder ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model, expected", [
-    ("openai/clip-vit-large-patch14-336", "clip"),
-    ("openai/clip-vit-base-patch32", "clip"),
-    ("google/siglip-so400m-patch14-384", None),
-    ("BAAI/EVA-CLIP-8B", None),
-    ("facebook/dinov2-large", None),
-])
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("openai/clip-vit-large-patch14-336", "clip"),
+        ("openai/clip-vit-base-patch32", "clip"),
+        ("google/siglip-so400m-patch14-384", None),
+        ("BAAI/EVA-CLIP-8B", None),
+        ("facebook/dinov2-large", None),
+    ],
+)
 def test_detect_by_name(model, expected):
     assert clip_plugin.detect_vision_encoder(model=model, config=None) == expected
 
 
-@pytest.mark.parametrize("model_type, expected", [
-    ("clip", "clip"), ("clip_vision_model", "clip"), ("siglip_vision_model", None), ("dinov2", None),
-])
+@pytest.mark.parametrize(
+    "model_type, expected",
+    [
+        ("clip", "clip"),
+        ("clip_vision_model", "clip"),
+        ("siglip_vision_model", None),
+        ("dinov2", None),
+    ],
+)
 def test_detect_uses_config_model_type(model_type, expected):
     # the config decides, whatever the directory is called
-    assert clip_plugin.detect_vision_encoder(model="/models/clip-like-name", config={"model_type": model_type}) \
-        == expected
-    assert clip_plugin.detect_vision_encoder(model="/models/some-tower", config={"model_type": model_type}) \
-        == expected
+    assert (
+        clip_plugin.detect_vision_encoder(model="/models/clip-like-name", config={"model_type": model_type}) == expected
+    )
+    assert clip_plugin.detect_vision_encoder(model="/models/some-tower", config={"model_type": model_type}) == expected
 
 
 def test_detect_through_the_plugin_host():

@@ -47,7 +47,8 @@ def test_prompt_appends_suffix_to_last_turn(tiny):
 def test_prompt_single_turn(tiny):
     sample = {"messages": SAMPLE["messages"][1:3]}
     assert _evaluator(tiny, prompt_suffix="One word.").prompt(sample) == [
-        {"role": "user", "content": "<image>\nWhat color is the shape?\nOne word."}]
+        {"role": "user", "content": "<image>\nWhat color is the shape?\nOne word."}
+    ]
 
 
 def test_references_from_answers(tiny):
@@ -57,7 +58,9 @@ def test_references_from_answers(tiny):
     assert ev.references({**SAMPLE, "answers": ("circle",)}) == {"answers": ["circle"]}
     assert ev.references({**SAMPLE, "answers": "circle"}) == {"answers": ["circle"]}
     assert ev.references({**SAMPLE, "answers": "circle", "question_type": "shape"}) == {
-        "answers": ["circle"], "question_type": "shape"}
+        "answers": ["circle"],
+        "question_type": "shape",
+    }
     vqav2 = [{"answer": "circle", "answer_confidence": "yes"}]
     assert ev.references({**SAMPLE, "answers": vqav2}) == {"answers": vqav2}
 
@@ -68,23 +71,28 @@ def test_references_fall_back_to_last_assistant_message(tiny, answers):
     assert _evaluator(tiny).references(sample) == {"answers": ["circle"]}
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("red", "red"),
-    ("  red  ", "red"),
-    ("red\nbecause the shape is red", "red"),
-    ("\n\n  two circles \n three", "two circles"),
-    ("", ""),
-    ("   \n ", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("red", "red"),
+        ("  red  ", "red"),
+        ("red\nbecause the shape is red", "red"),
+        ("\n\n  two circles \n three", "two circles"),
+        ("", ""),
+        ("   \n ", ""),
+    ],
+)
 def test_parse_keeps_first_line(tiny, text, expected):
     assert _evaluator(tiny).parse(text) == expected
 
 
 def test_score_uses_the_vqa_metric(tiny):
-    metrics, per_sample = _evaluator(tiny).score([
-        {"prediction": "Red.", "answers": ["red"]},
-        {"prediction": "two", "answers": ["2"]},
-        {"prediction": "blue", "answers": ["red"]},
-    ])
+    metrics, per_sample = _evaluator(tiny).score(
+        [
+            {"prediction": "Red.", "answers": ["red"]},
+            {"prediction": "two", "answers": ["2"]},
+            {"prediction": "blue", "answers": ["red"]},
+        ]
+    )
     assert per_sample == [1.0, 1.0, 0.0]
     assert metrics["accuracy"] == pytest.approx(2 / 3)

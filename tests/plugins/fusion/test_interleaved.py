@@ -82,8 +82,11 @@ def test_loss_is_token_sum_over_num_items_in_batch(tiny, tokenizer, vlm):
     with torch.no_grad():
         logits = vlm(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits
         per_token = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
-            ignore_index=-100, reduction="sum")
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            batch["labels"][:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
         n = int((batch["labels"][:, 1:] != -100).sum())
         mean = vlm(**batch).loss
         summed = vlm(**batch, num_items_in_batch=torch.tensor(7 * n)).loss
@@ -130,8 +133,9 @@ def test_generate_returns_new_tokens(tiny, tokenizer, vlm):
     vlm.eval()
     batch = tiny.make_batch(vlm, tokenizer, (1,), seed=2)
     ids, mask, pixels = batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
-    out = vlm.generate(ids, mask, pixels, max_new_tokens=4, do_sample=False,
-                       pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    out = vlm.generate(
+        ids, mask, pixels, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=None
+    )
     assert out.dtype == torch.long
     assert out.shape == (1, 4)  # with inputs_embeds only, the LLM returns just the new tokens
     assert int(out.min()) >= 0 and int(out.max()) < len(tokenizer)

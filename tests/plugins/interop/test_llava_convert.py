@@ -10,7 +10,6 @@ are weight-for-weight identical and compose to the same logits.
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +72,7 @@ def build_tokenizer(image_in_vocab: bool) -> Any:
     specials = [*SPECIALS, *([IMAGE] if image_in_vocab else []), *bytes_]
     tok.train_from_iterator(
         TEXTS,
-        trainer=trainers.BpeTrainer(
-            vocab_size=64 + len(bytes_), special_tokens=specials, show_progress=False
-        ),
+        trainer=trainers.BpeTrainer(vocab_size=64 + len(bytes_), special_tokens=specials, show_progress=False),
     )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>")
     fast.add_special_tokens({"additional_special_tokens": [IMAGE]})
@@ -220,9 +217,7 @@ def vlmplug_embeds(parts: LlavaParts, input_ids: torch.Tensor, pixel_values: tor
     feats = feats[:, 1:] if parts.drop_cls else feats
     tokens = connector_from_parts(parts)(feats.to(parts.llm.dtype))
     assert tokens.shape[0] * tokens.shape[1] == int(is_image.sum())
-    return embeds.masked_scatter(
-        is_image.unsqueeze(-1).expand_as(embeds), tokens.to(embeds.dtype).reshape(-1)
-    )
+    return embeds.masked_scatter(is_image.unsqueeze(-1).expand_as(embeds), tokens.to(embeds.dtype).reshape(-1))
 
 
 @torch.no_grad()
@@ -395,9 +390,7 @@ def test_export_matches_vlmplug_and_round_trips(case: Case, tmp_path: Path) -> N
         with torch.no_grad():
             logits = hf_model(**inputs).logits
         assert logits.shape[-1] == max(vocab, parts.image_token_id + 1)
-        assert torch.allclose(logits[..., :vocab], ref, atol=ATOL, rtol=0), (
-            (logits[..., :vocab] - ref).abs().max()
-        )
+        assert torch.allclose(logits[..., :vocab], ref, atol=ATOL, rtol=0), (logits[..., :vocab] - ref).abs().max()
         assert not logits[..., vocab:].any()  # appended rows are zero, so are their logits
 
     ref_gen = vlmplug_generate(parts, inputs)
@@ -574,9 +567,7 @@ def depth_one_mlp_logits(parts: LlavaParts, inputs: dict[str, torch.Tensor]) -> 
         **{
             **parts.__dict__,
             "connector_kind": "linear",
-            "connector_state_dict": {
-                "proj." + k[len("proj.0.") :]: v for k, v in parts.connector_state_dict.items()
-            },
+            "connector_state_dict": {"proj." + k[len("proj.0.") :]: v for k, v in parts.connector_state_dict.items()},
         }
     )
     return vlmplug_logits(linear, inputs)
@@ -678,9 +669,7 @@ def test_export_rejects_bad_parts(tmp_path: Path) -> None:
     bad = LlavaParts(
         **{
             **parts.__dict__,
-            "image_processor": CLIPImageProcessorPil(
-                size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}
-            ),
+            "image_processor": CLIPImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}),
         }
     )
     with pytest.raises(LlavaExportError, match="crop_size"):
@@ -724,9 +713,7 @@ def test_export_rejects_bad_parts(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_import_rejects_what_vlmplug_cannot_represent(
-    tmp_path: Path, field: str, value: Any, match: str
-) -> None:
+def test_import_rejects_what_vlmplug_cannot_represent(tmp_path: Path, field: str, value: Any, match: str) -> None:
     parts = build_parts(Case(True, "mlp", "gelu", True, -2, True))
     out = export_llava_hf(parts, tmp_path / "llava")
     config = json.loads((out / "config.json").read_text())

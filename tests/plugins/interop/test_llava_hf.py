@@ -43,9 +43,15 @@ def _compare(vlm: Any, exported: Path) -> float:
         with torch.no_grad():
             ours = vlm(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]).logits
             theirs = hf(**inputs).logits[..., : ours.shape[-1]]
-            g_ours = vlm.generate(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
-                                  max_new_tokens=5, do_sample=False, pad_token_id=vlm.tokenizer.pad_token_id)
-            g_theirs = hf.generate(**inputs, max_new_tokens=5, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+            g_ours = vlm.generate(
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["pixel_values"],
+                max_new_tokens=5,
+                do_sample=False,
+                pad_token_id=vlm.tokenizer.pad_token_id,
+            )
+            g_theirs = hf.generate(**inputs, max_new_tokens=5, do_sample=False)[:, inputs["input_ids"].shape[1] :]
         worst = max(worst, float((ours - theirs).abs().max()))
         assert torch.equal(g_ours, g_theirs), cls.__name__
     assert worst < 1e-4
@@ -55,8 +61,9 @@ def _compare(vlm: Any, exported: Path) -> float:
 @pytest.mark.parametrize("peft, connector", [("full", "mlp"), ("lora", "mlp"), ("full", "linear")])
 def test_trained_run_exports_to_llava_hf(peft: str, connector: str, tmp_path: Path) -> None:
     plugins = (peft, connector)
-    result = run_recipe(steps=3, plugins=plugins, output_dir=tmp_path / "run", eval_before_training=False,
-                        learning_rate=1e-2)
+    result = run_recipe(
+        steps=3, plugins=plugins, output_dir=tmp_path / "run", eval_before_training=False, learning_rate=1e-2
+    )
     out = export_model(result.run_dir, "llava-hf", tmp_path / "llava", host=load())
     assert (out / "config.json").is_file() and (out / "chat_template.jinja").is_file()
     diff = _compare(vlmplug.load(result.run_dir), out)
@@ -64,8 +71,7 @@ def test_trained_run_exports_to_llava_hf(peft: str, connector: str, tmp_path: Pa
 
 
 def test_export_refuses_a_model_llava_cannot_hold(tmp_path: Path) -> None:
-    result = run_recipe(steps=1, output_dir=tmp_path / "run", eval_before_training=False,
-                        **{"connector.depth": 3})
+    result = run_recipe(steps=1, output_dir=tmp_path / "run", eval_before_training=False, **{"connector.depth": 3})
     with pytest.raises(ConfigError, match="depth 3"):
         export_model(result.run_dir, "llava-hf", tmp_path / "llava", host=load())
     assert not (tmp_path / "llava").exists()  # nothing half-written
@@ -94,8 +100,9 @@ def test_config_reads_the_components_from_the_checkpoint(llava_checkpoint: Path)
     assert r.components()["connector"] == "mlp"
     assert r.components()["fusion"] == "interleaved"
     assert r.pretrained == {"format": "llava-hf", "model": str(llava_checkpoint)}
-    with pytest.raises(ConfigError, match="is a llava-hf checkpoint whose connector is 'mlp', but the recipe "
-                                          "chooses 'linear'"):
+    with pytest.raises(
+        ConfigError, match="is a llava-hf checkpoint whose connector is 'mlp', but the recipe chooses 'linear'"
+    ):
         resolve({**_recipe_on(llava_checkpoint), "connector": "linear"}, host.registry, host=host)
 
 
@@ -103,8 +110,13 @@ def test_import_train_export_round_trip(llava_checkpoint: Path, tmp_path: Path) 
     from transformers import LlavaForConditionalGeneration
 
     before = LlavaForConditionalGeneration.from_pretrained(llava_checkpoint)
-    result = run_recipe(_recipe_on(llava_checkpoint), steps=2, output_dir=tmp_path / "run",
-                        eval_before_training=False, learning_rate=1e-2)
+    result = run_recipe(
+        _recipe_on(llava_checkpoint),
+        steps=2,
+        output_dir=tmp_path / "run",
+        eval_before_training=False,
+        learning_rate=1e-2,
+    )
     assert (tmp_path / "run" / "imported" / "vlmplug_model.json").is_file()
     manifest = json.loads((tmp_path / "run" / "model" / "vlmplug_model.json").read_text())
     assert manifest["initialised_from"] == str(llava_checkpoint)

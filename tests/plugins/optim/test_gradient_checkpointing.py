@@ -75,8 +75,9 @@ def test_same_step_under_lora(tiny, tokenizer, ctx, vlm, use_reentrant):
     batch = tiny.make_batch(vlm, tokenizer, (1, 1), seed=4)
     plain = copy.deepcopy(vlm)
     ref_loss, ref_grads = _loss_and_grads(plain, batch)
-    tiny.build(gc_plugin.SPEC, ctx, {"gradient_checkpointing_kwargs": {"use_reentrant": use_reentrant}}) \
-        .patch_model(vlm)
+    tiny.build(gc_plugin.SPEC, ctx, {"gradient_checkpointing_kwargs": {"use_reentrant": use_reentrant}}).patch_model(
+        vlm
+    )
     loss, grads = _loss_and_grads(vlm, batch)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     assert grads.keys() == ref_grads.keys() and any("lora_A" in n for n in grads)

@@ -19,8 +19,10 @@ def _apply(tiny, ctx, vlm, freeze=()):
     return method
 
 
-@pytest.mark.parametrize("freeze", [(), ("vision_encoder",), ("llm",), ("vision_encoder", "connector"),
-                                    ("vision_encoder", "connector", "llm")])
+@pytest.mark.parametrize(
+    "freeze",
+    [(), ("vision_encoder",), ("llm",), ("vision_encoder", "connector"), ("vision_encoder", "connector", "llm")],
+)
 def test_freeze_exactly_the_named_parts(tiny, ctx, vlm, freeze):
     for p in vlm.parameters():  # start from a mixed state: apply must set every flag
         p.requires_grad_(False)
@@ -29,9 +31,10 @@ def test_freeze_exactly_the_named_parts(tiny, ctx, vlm, freeze):
     for part in PARTS:
         flags = {p.requires_grad for p in getattr(vlm, part).parameters()}
         assert flags == {part not in freeze}, part
-    n_trainable, total = vlm.trainable_parameters()
-    assert n_trainable == sum(p.numel() for part in PARTS if part not in freeze
-                              for p in getattr(vlm, part).parameters())
+    n_trainable, _total = vlm.trainable_parameters()
+    assert n_trainable == sum(
+        p.numel() for part in PARTS if part not in freeze for p in getattr(vlm, part).parameters()
+    )
 
 
 def test_unknown_part_rejected():
@@ -57,7 +60,6 @@ def test_save_llm_writes_loadable_llm(tiny, tokenizer, ctx, vlm, tmp_path):
     ids = torch.randint(6, len(tokenizer), (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         # identical weights; the reload picks sdpa attention where the tiny LLM used eager, hence ~1e-7
-        torch.testing.assert_close(loaded(input_ids=ids).logits, vlm.llm(input_ids=ids).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, vlm.llm(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     for name, p in vlm.llm.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], p), name
