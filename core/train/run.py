@@ -72,6 +72,7 @@ class Training:
     collator: Any
     encoder: SampleEncoder
     skips: SkipReport = field(default_factory=SkipReport)
+    encoded_here: bool = True  # this process tokenised the data (only the main one does)
 
 
 def run(
@@ -350,7 +351,9 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
             dataset = EncodedDataset(
                 data.train, None, "datasets", skip, items=[tuple(i) for i in cached["items"]], skipped=cached["skipped"]
             )
-    training = Training(dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder)
+    training = Training(
+        dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder, encoded_here=s.is_main
+    )
     for comp in parts.stack:
         training.collator = comp.wrap_collator(training.collator)
     training.skips.extend(dataset.skipped)
@@ -446,10 +449,17 @@ def _train(
         trainer.train(resume_from_checkpoint=str(s.resume) if s.resume else None)
     finally:
         progress.stop()
+        _drop_wrappers(trainer)
     metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
     if curve is not None:
         metrics["train"]["eval_seconds_during_training"] = round(curve.eval_seconds, 1)
         metrics["curve"] = curve.points
+
+
+def _drop_wrappers(trainer: Any) -> None:
+    """Release the DDP / accelerate wrappers of the model, so the process group can end cleanly."""
+    trainer.accelerator.free_memory()
+    trainer.model_wrapped = trainer.model
 
 
 def _optimizer(recipe: ResolvedRecipe, parts: Parts, vlm: Any, args: Any) -> Any:
@@ -570,9 +580,12 @@ def _write_outputs(
 ) -> None:
     """metrics.json, resolved_recipe.yaml and run.json -- also when the run failed part-way."""
     skips = _gather_skips(training.skips, s)
+    tokenized_on = _gather(s, training.encoded_here)
     if not s.is_main:
         return
     metrics["status"] = status
+    metrics["world_size"] = s.world_size
+    metrics["tokenized_on_processes"] = [rank for rank, here in enumerate(tokenized_on) if here]
     metrics["skipped"] = {"train": skips.to_dict(), "eval": evaluation.skips.to_dict()}
     if "after" in metrics:
         name, value = evaluation.primary(metrics["after"])
@@ -591,6 +604,15 @@ def _write_outputs(
             f"saved to {s.run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
             f"in {metrics['wall_time_s']:.0f}s"
         )
+
+
+def _gather(s: Session, value: Any) -> list[Any]:
+    """``value`` of every process, in rank order (a collective: every process calls it)."""
+    if s.world_size == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([value]))
 
 
 def _gather_skips(local: SkipReport, s: Session) -> SkipReport:

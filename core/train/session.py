@@ -203,6 +203,21 @@ class Session:
         for undo in reversed(self._restore):
             undo()
         self._restore.clear()
+        if self.state is not None:
+            _end_process_group(self.state)
+
+
+def _end_process_group(state: Any) -> None:
+    """Wait for every process, then take the process group down (the run has already dropped its
+    DDP wrapper: destroying the group while a DDP reducer is alive can hang at exit)."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        state.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 def _now() -> str:
@@ -210,12 +225,14 @@ def _now() -> str:
 
 
 def _distributed() -> Any:
-    """accelerate's PartialState when this process is one of several, else ``None``."""
+    """accelerate's PartialState when this process is one of several (``accelerate launch``), else
+    ``None``. On CPU it must be told so (``ACCELERATE_USE_CPU``), or every rank believes it is alone."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState()
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def _broadcast(state: Any, value: Any) -> Any:
