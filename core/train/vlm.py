@@ -100,7 +100,8 @@ class VisionLanguageModel(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[N_img, 3, H, W]`` -> LLM-width vision tokens ``[N_img, T, H_llm]``."""
         feats = self.vision_encoder(pixel_values)
-        return self.connector(feats)
+        dtype = next((p.dtype for p in self.connector.parameters()), feats.dtype)
+        return self.connector(feats.to(dtype))
 
     def forward(
         self,

@@ -31,13 +31,17 @@ class LoraMethod:
         for p in vlm.parameters():
             p.requires_grad_(False)
         target = c.lora_target_modules
+        to_save = list(c.lora_modules_to_save)
+        tied = bool(getattr(vlm.llm.config, "tie_word_embeddings", False))
         peft_config = LoraConfig(
             r=c.lora_r,
             lora_alpha=c.lora_alpha,
             lora_dropout=c.lora_dropout,
             target_modules=target if isinstance(target, str) else list(target),
-            modules_to_save=list(c.lora_modules_to_save) or None,
+            modules_to_save=to_save or None,
             task_type="CAUSAL_LM",
+            # tied input/output embeddings stay one matrix when both are trained in full (not two copies)
+            ensure_weight_tying=tied and bool({"lm_head", "embed_tokens"} & set(to_save)),
         )
         vlm.llm = get_peft_model(vlm.llm, peft_config)
         for p in vlm.connector.parameters():
