@@ -33,6 +33,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import itertools
+
 import torch
 
 from vlmplug import hookimpl
@@ -59,7 +61,7 @@ class StepClock:
 
 
 def _median_step(stamps: list[float]) -> float:
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
     return statistics.median(steps[1:] if len(steps) > 2 else steps)
 
 
@@ -140,10 +142,10 @@ def run_plain(model_dir: Path, steps: int, tokens_per_image: int, out: Path) -> 
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+        def on_train_begin(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
 
     def collate(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
