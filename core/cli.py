@@ -16,10 +16,11 @@ import click
 
 from ._version import __version__
 from .errors import ConfigError, VlmplugError
+from .registry import FAMILIES
 
 __all__ = ["cli", "main"]
 
-FAMILY_CHOICES = ["vision_encoder", "connector", "fusion", "peft", "dataset_format", "optimizer_stack", "evaluator"]
+FAMILY_CHOICES = list(FAMILIES)
 
 
 def _console(stderr: bool = False) -> Any:
@@ -142,24 +143,12 @@ def list_cmd(family: str | None, as_json: bool) -> None:
         _console().print(f"plugins: {', '.join(third)}")
 
 
-@cli.command()
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@handle_errors
-def info(name: str, as_json: bool) -> None:
-    """Show a component: family, provider, options (type, default, help), missing extras."""
+def _options_of(spec: Any) -> list[dict[str, Any]]:
+    """Every option of a component's config: name, type, default and help."""
     import dataclasses
-
-    from . import deps
-    from .registry import FAMILY_TITLES, config_fields, describe_type
-
-    host = _host()
-    spec = host.registry.get(name)
-    if spec is None:
-        from .recipe import _Resolver
-
-        raise ConfigError(_Resolver(host.registry, host).unknown_name(name, None, "info"), header="unknown component")
     import typing
+
+    from .registry import config_fields, describe_type
 
     hints = typing.get_type_hints(spec.config) if spec.config else {}
     options = []
@@ -178,8 +167,14 @@ def info(name: str, as_json: bool) -> None:
                 "help": f.metadata.get("help", ""),
             }
         )
+    return options
+
+
+def _info_data(spec: Any) -> dict[str, Any]:
+    from . import deps
+
     missing = deps.missing_extras(spec)
-    data = {
+    return {
         "name": spec.name,
         "family": spec.family,
         "summary": spec.summary,
@@ -187,7 +182,7 @@ def info(name: str, as_json: bool) -> None:
         "version": spec.version,
         "plugin": spec.plugin,
         "factory": spec.factory,
-        "options": options,
+        "options": _options_of(spec),
         "flat_keys": list(spec.flat_keys),
         "activated_by": dict(spec.activated_by),
         "aliases": list(spec.aliases),
@@ -197,11 +192,13 @@ def info(name: str, as_json: bool) -> None:
         "missing": sorted(missing),
         "install": deps.install_hint(missing.values()) if missing else None,
     }
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-        return
+
+
+def _print_info(spec: Any, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    from .registry import FAMILY_TITLES
 
     con = _console()
     con.print(f"[bold]{spec.name}[/] -- {FAMILY_TITLES[spec.family]} ({spec.provider}, plugin {spec.plugin})")
@@ -209,16 +206,15 @@ def info(name: str, as_json: bool) -> None:
     if spec.aliases:
         con.print(f"aliases: {', '.join(spec.aliases)}")
     if spec.activated_by:
-        con.print(
-            "selected by recipe keys: " + ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.activated_by.items())
-        )
+        keys = ", ".join(f"{k}: {json.dumps(v)}" for k, v in spec.activated_by.items())
+        con.print(f"selected by recipe keys: {keys}")
     if spec.requires or spec.conflicts:
         con.print(f"requires: {', '.join(spec.requires) or '-'}; conflicts: {', '.join(spec.conflicts) or '-'}")
-    if options:
+    if data["options"]:
         table = Table(title="options")
         for col in ("option", "type", "default", "help"):
             table.add_column(col, overflow="fold")
-        for o in options:
+        for o in data["options"]:
             flat = " (top-level key)" if o["name"] in spec.flat_keys else ""
             table.add_row(
                 escape(o["name"] + flat),
@@ -229,12 +225,30 @@ def info(name: str, as_json: bool) -> None:
         con.print(table)
     else:
         con.print("options: none")
-    if spec.extras:
-        for mod, extra in spec.extras.items():
-            state = "[red]missing[/]" if mod in missing else "[green]installed[/]"
-            con.print(f"needs {mod} ({state}) from extra [{extra}]")
-        if missing:
-            con.print(f"fix: {deps.install_hint(missing.values())}")
+    for mod, extra in spec.extras.items():
+        state = "[red]missing[/]" if mod in data["missing"] else "[green]installed[/]"
+        con.print(f"needs {mod} ({state}) from extra [{extra}]")
+    if data["install"]:
+        con.print(f"fix: {data['install']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def info(name: str, as_json: bool) -> None:
+    """Show a component: family, provider, options (type, default, help), missing extras."""
+    host = _host()
+    spec = host.registry.get(name)
+    if spec is None:
+        from .recipe import _Resolver
+
+        raise ConfigError(_Resolver(host.registry, host).unknown_name(name, None, "info"), header="unknown component")
+    data = _info_data(spec)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        _print_info(spec, data)
 
 
 @cli.command()

@@ -163,11 +163,66 @@ def describe_type(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def coerce_value(value: Any, tp: Any, where: str) -> Any:
-    """Coerce a YAML/CLI value to the annotated type ``tp``; raise ``ValueError`` naming ``where``.
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
-    YAML 1.1 reads ``2e-4`` as a string, so numbers in strings are accepted for float fields.
-    """
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (*_TRUE, *_FALSE):
+        return value.lower() in _TRUE
+    raise ValueError(f"{where}: expected true or false, got {value!r}")
+
+
+def _to_number(value: Any, kind: type, where: str) -> Any:
+    """``int`` or ``float``; YAML 1.1 reads ``2e-4`` as a string, so numbers in strings count."""
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected {what}, got {value!r}")
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValueError(f"{where}: expected {what}, got {value!r}")
+
+
+def _to_str(value: Any, where: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{where}: expected a string, got {value!r}")
+
+
+def _to_union(value: Any, tp: Any, args: tuple[Any, ...], where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce_value(value, a, where)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not {describe_type(tp)}")
+
+
+def _to_sequence(value: Any, tp: Any, origin: Any, args: tuple[Any, ...], where: str) -> Any:
+    if isinstance(value, str):  # --set lora_target_modules=q_proj,v_proj
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    inner = args[0] if args else Any
+    out = [coerce_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(out) if (origin is tuple or tp is tuple) else out
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated type ``tp``; raise ``ValueError`` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -180,59 +235,15 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
             f"{did_you_mean(str(value), [str(a) for a in args])}"
         )
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce_value(value, a, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not {describe_type(tp)}")
+        return _to_union(value, tp, args, where)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        return _to_bool(value, where)
+    if tp in (int, float):
+        return _to_number(value, tp, where)
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        return _to_str(value, where)
     if origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        out = [coerce_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if (origin is tuple or tp is tuple) else out
+        return _to_sequence(value, tp, origin, args, where)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
