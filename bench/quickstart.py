@@ -55,25 +55,29 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         result["train_command_seconds"] = round(time.perf_counter() - t, 1)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-    after, before = metrics["after"], metrics.get("before", {})
+    after = metrics["after"]["shapes"]["vqa"]
+    before = metrics.get("before", {}).get("shapes", {}).get("vqa", {})
+    blank = metrics["after"]["blank-images"]["vqa"]["accuracy"]
+    prior = metrics["baselines"]["shapes"]["vqa"]["answer_prior"]["accuracy"]
     result.update(
         overrides=args.set,
         accuracy_before=before.get("accuracy"),
         accuracy_after=after["accuracy"],
         per_type_after=after.get("per_type"),
         yes_ratio_after=after.get("yes_ratio"),
-        blank_image_accuracy_after=after.get("blank_image_accuracy"),
-        prior_accuracy=metrics.get("prior_accuracy"),
+        blank_image_accuracy_after=blank,
+        prior_accuracy=prior,
         train=metrics["train"],
-        curve=metrics.get("curve"),
+        curve=[{"step": p["step"], "train_seconds": p["train_seconds"], "samples": p["samples"],
+                "accuracy": p["metrics"]["vqa"]["accuracy"], "yes_ratio": p["metrics"]["vqa"].get("yes_ratio")}
+               for p in metrics.get("curve", [])],
         run_wall_seconds=metrics.get("wall_time_s"),
     )
-    result["targets"] = {
+    result["targets"] = {  # train wall_time_s excludes the curve's evaluations
         "accuracy>=0.90": after["accuracy"] >= 0.90,
-        "train_seconds<=300": metrics["train"]["wall_time_s"] - metrics["train"].get("eval_seconds_during_training", 0)
-        <= 300,
+        "train_seconds<=300": metrics["train"]["wall_time_s"] <= 300,
         "yes_ratio in [0.4,0.6]": 0.4 <= (after.get("yes_ratio") or 0) <= 0.6,
-        "blank <= prior+0.10": (after.get("blank_image_accuracy") or 0) <= (metrics.get("prior_accuracy") or 0) + 0.10,
+        "blank <= prior+0.10": blank <= prior + 0.10,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ from vlmplug.plugins.optim import gradient_checkpointing as gc_plugin
 def _is_checkpointing(model) -> bool:
     with warnings.catch_warnings():  # transformers 5 renames it is_activation_checkpointing
         warnings.simplefilter("ignore", FutureWarning)
-        return bool(model.is_gradient_checkpointing)
+        return bool(getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing)
 
 
 def _loss_and_grads(vlm, batch):
