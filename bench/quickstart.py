@@ -68,9 +68,16 @@ def main() -> None:
         blank_image_accuracy_after=blank,
         prior_accuracy=prior,
         train=metrics["train"],
-        curve=[{"step": p["step"], "train_seconds": p["train_seconds"], "samples": p["samples"],
-                "accuracy": p["metrics"]["vqa"]["accuracy"], "yes_ratio": p["metrics"]["vqa"].get("yes_ratio")}
-               for p in metrics.get("curve", [])],
+        curve=[
+            {
+                "step": p["step"],
+                "train_seconds": p["train_seconds"],
+                "samples": p["samples"],
+                "accuracy": p["metrics"]["vqa"]["accuracy"],
+                "yes_ratio": p["metrics"]["vqa"].get("yes_ratio"),
+            }
+            for p in metrics.get("curve", [])
+        ],
         run_wall_seconds=metrics.get("wall_time_s"),
     )
     result["targets"] = {  # train wall_time_s excludes the curve's evaluations

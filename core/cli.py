@@ -70,21 +70,24 @@ def cli(debug: bool) -> None:
 # -- list / info / recipes ----------------------------------------------------------------------------
 
 
+def _identity(spec: Any) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "summary": spec.summary,
+        "provider": spec.provider,
+        "version": spec.version,
+        "plugin": spec.plugin,
+    }
+
+
 def _component_rows(host: Any) -> list[dict[str, Any]]:
     from . import deps
 
     rows = []
     for spec in host.registry:
         missing = deps.missing_extras(spec)
-        row: dict[str, Any] = {
-            "name": spec.name,
-            "family": spec.family,
-            "summary": spec.summary,
-            "provider": spec.provider,
-            "version": spec.version,
-            "plugin": spec.plugin,
-            "status": "missing-extra" if missing else "ok",
-        }
+        row: dict[str, Any] = {**_identity(spec), "status": "missing-extra" if missing else "ok"}
         if missing:
             row["extra"] = ",".join(sorted(set(missing.values())))
             row["missing"] = sorted(missing)
@@ -175,12 +178,7 @@ def _info_data(spec: Any) -> dict[str, Any]:
 
     missing = deps.missing_extras(spec)
     return {
-        "name": spec.name,
-        "family": spec.family,
-        "summary": spec.summary,
-        "provider": spec.provider,
-        "version": spec.version,
-        "plugin": spec.plugin,
+        **_identity(spec),
         "factory": spec.factory,
         "options": _options_of(spec),
         "flat_keys": list(spec.flat_keys),

@@ -16,32 +16,9 @@ from vlmplug import hookimpl
 from vlmplug.errors import DataError, HardwareError
 from vlmplug.manager import load
 from vlmplug.recipe import parse_set, resolve
+from vlmplug.testing import TINY_RECIPE
 
-TINY = {
-    "name": "t",
-    "model": "tiny-llama",
-    "model_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2},
-    "vision_encoder": {
-        "name": "clip",
-        "model": "tiny",
-        "tiny_image_size": 32,
-        "tiny_hidden_size": 32,
-        "tiny_layers": 2,
-        "tiny_heads": 2,
-        "feature_layer": -1,
-    },
-    "connector": "mlp",
-    "datasets": [{"format": "shapes", "num_samples": 64, "seed": 0, "image_size": 32}],
-    "eval_datasets": [{"format": "shapes", "num_samples": 8, "seed": 1, "image_size": 32}],
-    "evaluators": ["vqa"],
-    "max_seq_length": 48,
-    "max_steps": 4,
-    "per_device_train_batch_size": 8,
-    "learning_rate": 1e-3,
-    "logging_steps": 1,
-    "eval_max_new_tokens": 3,
-    "num_threads": 2,
-}
+TINY = {**TINY_RECIPE, "name": "t"}
 
 
 def run(data: dict, tmp_path: Path, *sets: str, plugins: tuple[str, ...] = ()):
