@@ -103,7 +103,7 @@ def test_load_needs_the_plugins_that_built_the_model(trained: Any, tmp_path: Pat
     copy = tmp_path / "model"
     shutil.copytree(trained.run_dir / "model", copy)
     manifest = json.loads((copy / "vlmplug_model.json").read_text())
-    manifest["components"]["connector"] = {"name": "pixel-shuffle", "provider": "vlmplug-pixel-shuffle-0.1.0"}
+    manifest["components"]["connector"] = {"name": "acme-resampler", "provider": "vlmplug-acme-9.9"}
     (copy / "vlmplug_model.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match=r"needs connector 'pixel-shuffle' \(from vlmplug-pixel-shuffle-0.1.0\)"):
+    with pytest.raises(ConfigError, match=r"needs connector 'acme-resampler' \(from vlmplug-acme-9.9\)"):
         vlmplug.load(copy)
