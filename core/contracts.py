@@ -109,6 +109,12 @@ class VisionLanguageModelContract(Protocol):
     image_token_id: int
     #: Must be ``True``: read by transformers' Trainer, which then passes ``num_items_in_batch``.
     accepts_loss_kwargs: bool
+    #: Set by the run / loader: the tokenizer, the PEFT method that saves the LLM (``None``: a plain
+    #: LLM) and the manifest ``save_pretrained`` writes; ``device`` of the parameters.
+    tokenizer: Any
+    peft_method: Any
+    manifest: dict[str, Any]
+    device: Any
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -119,6 +125,14 @@ class VisionLanguageModelContract(Protocol):
         pixel_values: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor: ...
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        ...
+
+    def save_pretrained(self, directory: Any) -> None:
+        """Write the model directory (every part with safetensors, the LLM through the PEFT method)."""
+        ...
 
 
 @runtime_checkable

@@ -550,17 +550,36 @@ def _finish_curve(metrics: dict[str, Any], evaluation: Evaluation) -> None:
     )
 
 
+def resume_command(recipe: ResolvedRecipe, run_dir: Path, argv: list[str] | None) -> str:
+    """The command that resumes this run: the user's own ``vlmplug train ...`` when known (its
+    ``--output-dir`` replaced), with ``--output-dir RUN --set resume_from_checkpoint=last``."""
+    import shlex
+
+    args = list(argv or [])
+    if len(args) >= 2 and args[0] == "vlmplug" and args[1] == "train":
+        kept, rest = [], args[2:]
+        while rest:
+            a, *rest = rest
+            if a in ("-o", "--output-dir") or a.startswith("--output-dir="):
+                rest = rest[1:] if "=" not in a else rest
+            elif a in ("-s", "--set") and rest and rest[0].startswith("resume_from_checkpoint="):
+                rest = rest[1:]
+            else:
+                kept.append(a)
+        base = shlex.join(["vlmplug", "train", *kept])
+    else:
+        source = recipe.source.removeprefix("vlmplug:") if not recipe.source.startswith("<") else "RECIPE"
+        base = f"vlmplug train {source} (plus your --plugins / --set options)"
+    return f"{base} --output-dir {shlex.quote(str(run_dir))} --set resume_from_checkpoint=last"
+
+
 def _say_how_to_resume(recipe: ResolvedRecipe, s: Session) -> None:
     from .trainer import complete_checkpoints
 
     found = complete_checkpoints(s.run_dir / "checkpoints")
-    source = recipe.source if not recipe.source.startswith("<") else "RECIPE"
     if found:
-        s.say(
-            f"[yellow]interrupted[/]: last checkpoint {found[-1]}\nresume with:  vlmplug train "
-            f"{source.removeprefix('vlmplug:')} --output-dir {s.run_dir} --set resume_from_checkpoint=last "
-            f"(plus the --plugins / --set options you used)"
-        )
+        command = resume_command(recipe, s.run_dir, s.info.get("command"))
+        s.say(f"[yellow]interrupted[/]: last checkpoint {found[-1]}\nresume with:  {command}")
     else:
         s.say(
             "[yellow]interrupted[/]: no checkpoint was saved (save_strategy: steps with save_steps: N keeps them); "

@@ -120,7 +120,10 @@ def test_resume_last_finds_the_interrupted_run_and_never_a_finished_one(
         go(None, *SAVE, extra=((Interrupt(3), "interrupt"),), console=console)
     said = console.export_text()
     assert "interrupted: last checkpoint runs/tiny/checkpoints/checkpoint-2" in said.replace(str(tmp_path) + "/", "")
-    assert "vlmplug train RECIPE --output-dir runs/tiny --set resume_from_checkpoint=last" in said
+    assert (
+        "vlmplug train RECIPE (plus your --plugins / --set options) --output-dir runs/tiny --set "
+        "resume_from_checkpoint=last" in said
+    )
     assert json.loads(Path("runs/tiny/run.json").read_text())["status"] == "interrupted"
     assert Path("runs/tiny/metrics.json").is_file()  # written even though the run stopped
     go(None, *SAVE)  # another run of the same recipe finishes in runs/tiny-2
@@ -165,3 +168,25 @@ def test_incomplete_checkpoint_is_not_resumed(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
     logs = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     assert [e["step"] for e in logs if "loss" in e][-4:] == [3, 4, 5, 6]  # from checkpoint-2
+
+
+def test_the_resume_command_is_the_users_own() -> None:
+    from vlmplug.train.run import resume_command
+
+    recipe = resolve(TINY_RECIPE, load(autoload=False).registry)
+    argv = [
+        "vlmplug",
+        "train",
+        "my.yaml",
+        "--plugins",
+        "lora",
+        "-o",
+        "old",
+        "--set",
+        "lora_r=8",
+        "--set",
+        "resume_from_checkpoint=old/checkpoints/checkpoint-2",
+    ]
+    assert resume_command(recipe, Path("runs/x"), argv) == (
+        "vlmplug train my.yaml --plugins lora --set lora_r=8 --output-dir runs/x --set resume_from_checkpoint=last"
+    )
