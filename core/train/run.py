@@ -148,7 +148,7 @@ def _announce(recipe: ResolvedRecipe, host: Any, s: Session, ctx: BuildContext) 
     hf_logging.disable_progress_bar()
     set_seed(int(recipe.training.get("seed", 42)))
     recipe.core["output_dir"] = str(s.run_dir)
-    recipe.runtime.update(world_size=s.world_size, resumed_from=str(s.resume) if s.resume else None)
+    recipe.runtime.update(world_size=s.world_size, resumed_from=str(s.resume) if s.resume else None, machine=_machine())
     if s.is_main:
         (s.run_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     host.notify("on_run_start", recipe=recipe, run_dir=str(s.run_dir))
@@ -158,6 +158,21 @@ def _announce(recipe: ResolvedRecipe, host: Any, s: Session, ctx: BuildContext) 
         s.say(f"  resuming from {s.resume}")
     for note in recipe.notes:
         s.say(f"  note: {note}")
+    machine = recipe.runtime["machine"]
+    if not ctx.hardware.cuda and machine["load_average"] >= machine["cpus"]:
+        s.say(
+            f"  [yellow]note[/]: the CPU is busy (load {machine['load_average']:.1f} on {machine['cpus']} cores): "
+            f"torch's {machine['torch_threads']} threads will wait on each other and training can be several "
+            f"times slower; set num_threads: 1 or OMP_WAIT_POLICY=PASSIVE, or free the CPU"
+        )
+
+
+def _machine() -> dict[str, Any]:
+    """Threads, cores and load at the start (a busy CPU slows torch's threaded kernels several times)."""
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return {"cpus": os.cpu_count() or 1, "torch_threads": torch.get_num_threads(), "load_average": round(load, 2)}
 
 
 def _build_parts(recipe: ResolvedRecipe, ctx: BuildContext, s: Session) -> Parts:
