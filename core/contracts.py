@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 __all__ = [
+    "CAPABILITIES",
     "Member",
     "CONTRACTS",
     "VisionEncoder",
@@ -44,6 +45,14 @@ __all__ = [
     "check",
     "missing_members",
 ]
+
+
+#: What an encoder, connector or fusion may need from, or offer to, the others (``ComponentSpec.needs``
+#: / ``offers``); a recipe whose components need what none offers is rejected before anything loads.
+CAPABILITIES: dict[str, str] = {
+    "patch-grid": "features that are a square grid of patches and nothing else (no CLS token)",
+    "instruction": "the instruction tokens of each image's message, passed to the connector",
+}
 
 
 @runtime_checkable
@@ -77,6 +86,11 @@ class Connector(Protocol):
 
     Built as ``factory(config, ctx, in_dim=D, out_dim=H, num_input_tokens=N)``;
     ``forward(features: [B, N, D]) -> tokens: [B, T, H]`` with ``T == num_tokens`` for every input.
+
+    A connector whose spec ``needs`` ``"instruction"`` (text-conditioned, e.g. InstructBLIP's
+    Q-Former) is built with an extra ``vocab_size`` (the LLM tokenizer's) and called as
+    ``forward(features, instruction_ids=[B, L] long, instruction_mask=[B, L])``: the tokens of the
+    message each image belongs to, ``<image>`` removed, in the LLM tokenizer's ids.
     """
 
     #: T, the token budget per image (LLM positions each image occupies).
@@ -115,6 +129,10 @@ class VisionLanguageModelContract(Protocol):
     peft_method: Any
     manifest: dict[str, Any]
     device: Any
+    #: New modules the fusion adds (trained like the connector), or ``None``; and the parts
+    #: (``"vision_encoder"``, ``"llm"``) the fusion wants frozen unless the PEFT method is told otherwise.
+    fusion_modules: Any
+    keep_frozen: set[str]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 

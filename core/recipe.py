@@ -786,6 +786,7 @@ def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> Resolv
     eval_datasets = [r.finish(e, f"eval_datasets[{i}]") for i, e in enumerate(draft.lists["eval_datasets"])]
     stack = [r.finish(e, f"optimizer_stack[{e.spec.name}]") for e in draft.lists["optimizer_stack"]]
     evaluators = [r.finish(e, f"evaluators[{e.spec.name}]") for e in draft.lists["evaluators"]]
+    _check_capabilities(single, r)
     chosen = [*single.values(), *datasets, *eval_datasets, *stack, *evaluators]
     names = {s.name for s in chosen}
     for sel in chosen:
@@ -816,6 +817,42 @@ def _finish(draft: Draft, r: _Resolver, source: str, check_deps: bool) -> Resolv
         notes=r.notes,
         pretrained=draft.pretrained,
     )
+
+
+def _capabilities(spec: ComponentSpec, options: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
+    try:
+        config = spec.make_config(dict(options or {})) if spec.config is not None else None
+    except (TypeError, ValueError):
+        config = None
+    return spec.needs_and_offers(config)
+
+
+def _check_capabilities(single: Mapping[str, Selection], r: _Resolver) -> None:
+    """What an encoder, connector or fusion needs (``ComponentSpec.needs``) must be offered by one of
+    the others; otherwise name both sides and a component that offers it."""
+    from .contracts import CAPABILITIES
+
+    parts = {fam: sel for fam, sel in single.items() if fam in ("vision_encoder", "connector", "fusion")}
+    caps = {fam: _capabilities(sel.spec, sel.options) for fam, sel in parts.items()}
+    for fam, sel in parts.items():
+        for need in sorted(caps[fam][0]):
+            if any(need in caps[other][1] for other in parts if other != fam):
+                continue
+            others = " nor ".join(f"{FAMILY_TITLES[o]} '{parts[o].name}'" for o in parts if o != fam)
+            providers = [s for s in r.registry if s.family != fam and need in _capabilities(s, None)[1]]
+            fix = ""
+            if providers:
+                p = providers[0]
+                same = parts.get(p.family) is not None and parts[p.family].name == p.name
+                fix = (
+                    f"; {FAMILY_TITLES[p.family]} '{p.name}' offers it with other options (`vlmplug info {p.name}`)"
+                    if same
+                    else f"; choose e.g. {FAMILY_TITLES[p.family]} '{p.name}'"
+                )
+            r.problems.append(
+                f"{FAMILY_TITLES[fam]} '{sel.name}' needs {need} -- {CAPABILITIES.get(need, need)} -- "
+                f"which neither {others} offers with the options set{fix}"
+            )
 
 
 def _translate_aliases(draft: Draft, r: _Resolver) -> None:

@@ -72,6 +72,11 @@ class ComponentSpec:
         for full fine-tuning; checked only when the recipe sets the key.
     :param planned: a roadmap placeholder, not a component: names and keys that a later release (or
         an installed plugin) provides. A real component of the same name replaces it.
+    :param needs: capabilities (``vlmplug.contracts.CAPABILITIES``) this component needs from the
+        other selected encoder / connector / fusion, e.g. ``("patch-grid",)``.
+    :param offers: capabilities it provides to them.
+    :param capabilities: for capabilities that depend on options: ``fn(config) -> {"needs": [...],
+        "offers": [...]}`` (light code: it runs when a recipe resolves); overrides ``needs``/``offers``.
     :param test_options: options that build a tiny, offline instance for the conformance kit
         (``vlmplug.testing.check_component``); ``"{messages_jsonl}"`` and ``"{tmp}"`` in a string value
         become a small canonical JSONL file the kit writes, and a temporary directory.
@@ -92,6 +97,9 @@ class ComponentSpec:
     contradicts: Mapping[str, Any] = field(default_factory=dict)
     planned: bool = False
     test_options: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    offers: tuple[str, ...] = ()
+    capabilities: Callable[[Any], Mapping[str, Any]] | None = None
     since: str = "0.1"
     family: str = ""
     provider: str = "built-in"
@@ -108,6 +116,13 @@ class ComponentSpec:
         if want is True:
             return value not in (False, None)
         return bool(value == want)
+
+    def needs_and_offers(self, config: Any) -> tuple[set[str], set[str]]:
+        """The capabilities this component needs and offers with ``config`` (its validated options)."""
+        if self.capabilities is not None and config is not None:
+            found = self.capabilities(config)
+            return set(found.get("needs", ())), set(found.get("offers", ()))
+        return set(self.needs), set(self.offers)
 
     def is_default(self, values: Mapping[str, Any]) -> bool:
         """Whether this component is the family default for the recipe ``values``."""

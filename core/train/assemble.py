@@ -19,6 +19,7 @@ from .hardware import Hardware
 from .llm import PRESETS, load_llm
 
 __all__ = [
+    "needs",
     "BuildContext",
     "build_component",
     "check_product",
@@ -80,6 +81,15 @@ def build_component(sel: Any, ctx: Any, **kwargs: Any) -> Any:
     return check_product(sel, obj)
 
 
+def needs(sel: Any, capability: str) -> bool:
+    """Whether the selected component needs ``capability`` with its options."""
+    try:
+        config = sel.config()
+    except (TypeError, ValueError):
+        config = None
+    return capability in sel.spec.needs_and_offers(config)[0]
+
+
 def llm_load_kwargs(components: list[Any]) -> dict[str, Any]:
     """The LLM's extra ``from_pretrained`` arguments: the PEFT method's, then the stack's in order."""
     out: dict[str, Any] = {}
@@ -120,8 +130,9 @@ def assemble_model(
             image_token=core["image_token"],
         )
     hidden = llm.get_input_embeddings().weight.shape[1]
+    extra = {"vocab_size": len(tokenizer)} if needs(single["connector"], "instruction") else {}
     connector = build_component(
-        single["connector"], ctx, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches
+        single["connector"], ctx, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches, **extra
     )
     connector.to(next(llm.parameters()).dtype)
     image_token_id = tokenizer.convert_tokens_to_ids(core["image_token"])

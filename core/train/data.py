@@ -31,6 +31,7 @@ from vlmplug.errors import DataError
 IGNORE_INDEX = -100
 
 __all__ = [
+    "pad_instructions",
     "IGNORE_INDEX",
     "SKIPPED_KEY",
     "SampleEncoder",
@@ -134,12 +135,22 @@ def check_image(ref: Any, where: str) -> None:
 class SampleEncoder:
     """Tokenizes conversations with assistant-only labels and expanded image placeholders."""
 
-    def __init__(self, tokenizer: Any, image_token: str, tokens_per_image: int, max_seq_length: int):
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_token: str,
+        tokens_per_image: int,
+        max_seq_length: int,
+        with_instructions: bool = False,
+        max_instruction_tokens: int = 64,
+    ):
         self.tok = tokenizer
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.tokens_per_image = tokens_per_image
         self.max_seq_length = max_seq_length
+        self.with_instructions = with_instructions
+        self.max_instruction_tokens = max_instruction_tokens
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -218,6 +229,18 @@ class SampleEncoder:
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         return self._expand(list(ids), None, n_images, where)[0]
 
+    def instructions(self, messages: list[dict[str, str]]) -> list[list[int]]:
+        """For each image, in order: the token ids of the message it appears in, without the
+        placeholders (what a text-conditioned connector attends to), at most ``max_instruction_tokens``."""
+        out = []
+        for m in messages:
+            count = m["content"].count(self.image_token)
+            if count:
+                text = " ".join(m["content"].replace(self.image_token, " ").split())
+                ids = list(self.tok(text, add_special_tokens=False)["input_ids"])[: self.max_instruction_tokens]
+                out += [ids or [self.tok.pad_token_id]] * count
+        return out
+
 
 class EncodedDataset(torch.utils.data.Dataset):
     """A training view of canonical samples: checked and tokenized up front, images read lazily.
@@ -230,7 +253,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         samples: Sequence[dict[str, Any]],
-        encoder: SampleEncoder | None,
+        encoder: SampleEncoder,
         name: str,
         skip_bad: bool,
         progress: Callable[[int], None] | None = None,
@@ -238,6 +261,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         skipped: list[dict] | None = None,
     ):
         self.samples = samples
+        self.encoder = encoder
         self.name = name
         self.skip_bad = skip_bad
         self.skipped: list[dict] = [_as_skip(e) for e in getattr(samples, "skipped", [])]
@@ -245,7 +269,6 @@ class EncodedDataset(torch.utils.data.Dataset):
             self.items = items
             self.skipped = list(skipped or [])
         else:
-            assert encoder is not None
             self.items = []
             self._encode(encoder, progress)
         if not self.items:
@@ -275,11 +298,14 @@ class EncodedDataset(torch.utils.data.Dataset):
         i, ids, labels = self.items[k]
         sample = self.samples[i]
         where = _where(sample, i, self.name)
-        return {
+        item = {
             "input_ids": ids,
             "labels": labels,
             "images": [load_image(ref, where) for ref in sample.get("images") or []],
         }
+        if self.encoder.with_instructions:
+            item["instruction_ids"] = self.encoder.instructions(sample["messages"])
+        return item
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         skips: list[dict] = []
@@ -309,6 +335,17 @@ def _as_skip(error: Any) -> dict:
     }
 
 
+def pad_instructions(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad per-image instruction ids: ``([N_img, L] long, [N_img, L] long mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 class TrainCollator:
     """Right-pads ``input_ids``/``labels`` and preprocesses all images of the batch in order."""
 
@@ -330,6 +367,9 @@ class TrainCollator:
         out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         if images:
             out["pixel_values"] = self.preprocess(images)
+            instructions = [ins for b in batch for ins in b.get("instruction_ids", ())]
+            if instructions:
+                out["instruction_ids"], out["instruction_mask"] = pad_instructions(instructions, self.pad)
         skipped = [s for b in batch for s in b.get(SKIPPED_KEY, ())]
         if skipped:
             out[SKIPPED_KEY] = skipped

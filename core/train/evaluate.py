@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlmplug.errors import DataError, SkipReport
 
-from .data import SampleEncoder, load_image
+from .data import SampleEncoder, load_image, pad_instructions
 
 __all__ = ["EvalSet", "Evaluation", "generate_records", "flatten_metrics"]
 
@@ -71,7 +71,7 @@ def generate_records(
     device = vlm.device
     try:
         for lo in range(0, n, batch_size):
-            batch, prompts, images = [], [], []
+            batch, prompts, images, instructions = [], [], [], []
             for i in range(lo, min(n, lo + batch_size)):
                 sample = samples[i]
                 try:
@@ -84,8 +84,14 @@ def generate_records(
                 batch.append(sample)
                 prompts.append(ids)
                 images += imgs
+                if encoder.with_instructions:
+                    instructions += encoder.instructions(evaluator.prompt(sample))
             if batch:
-                texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device)
+                extra = {}
+                if instructions:
+                    ins, ins_mask = pad_instructions(instructions, pad)
+                    extra = {"instruction_ids": ins.to(device), "instruction_mask": ins_mask.to(device)}
+                texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device, extra)
                 for s, text in zip(batch, texts):
                     records.append(
                         {
@@ -111,6 +117,7 @@ def _generate(
     max_new_tokens: int,
     pad: int,
     device: torch.device,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> list[str]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -127,6 +134,7 @@ def _generate(
         do_sample=False,
         pad_token_id=pad,
         eos_token_id=tokenizer.eos_token_id,
+        **(extra or {}),
     )
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 

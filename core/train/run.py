@@ -26,7 +26,7 @@ import torch
 from vlmplug.errors import ConfigError, SkipReport, did_you_mean
 from vlmplug.recipe import ResolvedRecipe
 
-from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_load_kwargs
+from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_load_kwargs, needs
 from .data import EncodedDataset, SampleEncoder, TrainCollator, sample_texts
 from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
@@ -349,7 +349,13 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
     from rich.progress import Progress
 
     core = recipe.core
-    encoder = SampleEncoder(tokenizer, core["image_token"], vlm.tokens_per_image, core["max_seq_length"])
+    encoder = SampleEncoder(
+        tokenizer,
+        core["image_token"],
+        vlm.tokens_per_image,
+        core["max_seq_length"],
+        with_instructions=needs(recipe.single["connector"], "instruction"),
+    )
     skip = core["on_bad_sample"] == "skip"
     cache = s.run_dir / CACHE / "train_encoded.json"
     with s.main_first():
@@ -364,7 +370,12 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
         else:
             cached = json.loads(cache.read_text())
             dataset = EncodedDataset(
-                data.train, None, "datasets", skip, items=[tuple(i) for i in cached["items"]], skipped=cached["skipped"]
+                data.train,
+                encoder,
+                "datasets",
+                skip,
+                items=[tuple(i) for i in cached["items"]],
+                skipped=cached["skipped"],
             )
     training = Training(
         dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder, encoded_here=s.is_main

@@ -75,6 +75,10 @@ class VisionLanguageModel(nn.Module):
         self.peft_method: Any = None  # set by the PEFT method; decides how the LLM is saved
         self.manifest: dict[str, Any] = {}
         self.tokenizer: Any = None  # attached by the run / loader, saved with the model
+        #: New modules the fusion adds (e.g. gated cross-attention blocks); PEFT methods train them like
+        #: the connector. ``keep_frozen``: parts the fusion wants frozen by default (e.g. {"llm"}).
+        self.fusion_modules: nn.Module | None = None
+        self.keep_frozen: set[str] = set()
 
     @property
     def config(self) -> Any:  # transformers' Trainer reads a few fields from model.config
@@ -97,10 +101,18 @@ class VisionLanguageModel(nn.Module):
         if callable(tie):
             tie()
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[N_img, 3, H, W]`` -> LLM-width vision tokens ``[N_img, T, H_llm]``."""
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[N_img, 3, H, W]`` -> LLM-width vision tokens ``[N_img, T, H_llm]``; a text-conditioned
+        connector also gets each image's instruction tokens (``[N_img, L]``)."""
         feats = self.vision_encoder(pixel_values)
         dtype = next((p.dtype for p in self.connector.parameters()), feats.dtype)
+        if instruction_ids is not None:
+            return self.connector(feats.to(dtype), instruction_ids=instruction_ids, instruction_mask=instruction_mask)
         return self.connector(feats.to(dtype))
 
     def forward(

@@ -36,11 +36,17 @@ class ClipConfig:
             raise ValueError("tiny_image_size must be a multiple of tiny_patch_size")
 
 
+def capabilities(config: ClipConfig) -> dict[str, list[str]]:
+    """Patch features form a square grid once the CLS token is dropped."""
+    return {"offers": ["patch-grid"] if config.drop_cls else []}
+
+
 SPEC = ComponentSpec(
     name="clip",
     summary="CLIP ViT vision tower (LLaVA's encoder); hub id, local path or tiny preset",
     factory="vlmplug.plugins.encoders._clip:build",
     config=ClipConfig,
+    capabilities=capabilities,
     test_options={
         "model": "tiny",
         "tiny_image_size": 32,

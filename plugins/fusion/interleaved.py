@@ -10,6 +10,7 @@ SPEC = ComponentSpec(
     summary="Vision tokens replace each <image> placeholder in the input embeddings (LLaVA)",
     factory="vlmplug.plugins.fusion._interleaved:build",
     default_when={},
+    offers=("instruction",),
 )
 
 

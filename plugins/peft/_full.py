@@ -7,7 +7,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-PARTS = ("vision_encoder", "connector", "llm")
+PARTS = ("vision_encoder", "connector", "llm", "fusion")
+
+
+def part_modules(vlm: Any, part: str) -> Any:
+    """The module of a part (``fusion``: the new modules a fusion adds, or ``None``)."""
+    return vlm.fusion_modules if part == "fusion" else getattr(vlm, part)
 
 
 class FullFineTuning:
@@ -18,10 +23,13 @@ class FullFineTuning:
         return {}
 
     def apply(self, vlm: Any) -> Any:
+        """Every part trains but those in ``freeze`` and, unless named in ``freeze`` or not, the parts the
+        fusion keeps frozen (``keep_frozen``, e.g. the LLM under Flamingo-style cross-attention)."""
+        frozen = self.freeze | set(vlm.keep_frozen)
         for part in PARTS:
-            trainable = part not in self.freeze
-            for p in getattr(vlm, part).parameters():
-                p.requires_grad_(trainable)
+            module = part_modules(vlm, part)
+            for p in module.parameters() if module is not None else ():
+                p.requires_grad_(part not in frozen)
         vlm.peft_method = self
         return vlm
 

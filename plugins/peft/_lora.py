@@ -44,8 +44,9 @@ class LoraMethod:
             ensure_weight_tying=tied and bool({"lm_head", "embed_tokens"} & set(to_save)),
         )
         vlm.llm = get_peft_model(vlm.llm, peft_config)
-        for p in vlm.connector.parameters():
-            p.requires_grad_(True)
+        for module in (vlm.connector, vlm.fusion_modules):
+            for p in module.parameters() if module is not None else ():
+                p.requires_grad_(True)
         if c.train_vision_encoder:
             for p in vlm.vision_encoder.parameters():
                 p.requires_grad_(True)

@@ -7,13 +7,18 @@ from typing import Literal
 
 from vlmplug import ComponentSpec, hookimpl
 
-Part = Literal["vision_encoder", "connector", "llm"]
+Part = Literal["vision_encoder", "connector", "llm", "fusion"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class FullConfig:
     freeze: list[Part] = field(
-        default_factory=list, metadata={"help": "Parts kept frozen: any of vision_encoder, connector, llm."}
+        default_factory=list,
+        metadata={
+            "help": "Parts kept frozen: any of vision_encoder, connector, llm, fusion (the "
+            "modules a fusion adds). A fusion may keep parts frozen "
+            "itself (cross-attention: the LLM)."
+        },
     )
 
 

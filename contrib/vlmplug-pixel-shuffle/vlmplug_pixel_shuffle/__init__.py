@@ -26,6 +26,7 @@ SPEC = ComponentSpec(
     summary="Pixel-shuffle (space-to-depth) then linear: r^2 fewer image tokens (nanoVLM, Idefics3)",
     factory="vlmplug_pixel_shuffle._impl:build",
     config=PixelShuffleConfig,
+    needs=("patch-grid",),  # folds a square grid of patch features: no CLS token
 )
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from vlmplug.plugins.peft import full as full_plugin
-from vlmplug.plugins.peft._full import PARTS, FullFineTuning
+from vlmplug.plugins.peft._full import PARTS, FullFineTuning, part_modules
 
 
 def _apply(tiny, ctx, vlm, freeze=()):
@@ -28,12 +28,14 @@ def test_freeze_exactly_the_named_parts(tiny, ctx, vlm, freeze):
         p.requires_grad_(False)
     next(vlm.connector.parameters()).requires_grad_(True)
     _apply(tiny, ctx, vlm, freeze)
-    for part in PARTS:
-        flags = {p.requires_grad for p in getattr(vlm, part).parameters()}
-        assert flags == {part not in freeze}, part
+    modules = {part: part_modules(vlm, part) for part in PARTS}
+    assert modules["fusion"] is None  # interleaved fusion adds no modules
+    for part, module in modules.items():
+        if module is not None:
+            assert {p.requires_grad for p in module.parameters()} == {part not in freeze}, part
     n_trainable, _total = vlm.trainable_parameters()
     assert n_trainable == sum(
-        p.numel() for part in PARTS if part not in freeze for p in getattr(vlm, part).parameters()
+        p.numel() for part, m in modules.items() if part not in freeze and m is not None for p in m.parameters()
     )
 
 
