@@ -1,7 +1,7 @@
 """``vlmplug.testing``: the conformance kit and test helpers for plugin authors.
 
 * :func:`check_component` runs a component's family conformance suite (see
-  :mod:`vlmplug.testing.conformance`);
+  :mod:`vlmplug.testing.conformance`), :func:`check_combination` one encoder x connector x fusion;
 * :func:`run_recipe` trains a tiny run and returns its result;
 * :data:`TINY_RECIPE` is a recipe that trains in seconds on a CPU;
 * the pytest fixtures of :mod:`vlmplug.testing.plugin` are registered automatically.
@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_RECIPE", "check_component", "run_recipe"]
+__all__ = ["TINY_RECIPE", "check_combination", "check_component", "run_recipe"]
 
 #: A complete recipe on tiny random-init models and synthetic shapes data (seconds on a CPU).
 TINY_RECIPE: dict[str, Any] = {
@@ -52,6 +52,14 @@ def check_component(spec: Any, **kwargs: Any) -> dict[str, Any]:
     from .conformance import check_component as _check
 
     return _check(spec, **kwargs)
+
+
+def check_combination(encoder: Any, connector: Any, fusion: Any) -> dict[str, Any]:
+    """Build one encoder x connector x fusion (specs or names) around the tiny LLM and check forward,
+    backward, generate and save -> load. See :func:`vlmplug.testing.conformance.check_combination`."""
+    from .conformance import check_combination as _check
+
+    return _check(encoder, connector, fusion)
 
 
 def run_recipe(

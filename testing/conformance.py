@@ -37,7 +37,7 @@ from vlmplug.contracts import missing_members
 
 from . import tiny
 
-__all__ = ["check_component", "check_config", "check_light_module"]
+__all__ = ["check_component", "check_combination", "check_config", "check_light_module"]
 
 GREEN = (40, 170, 60)
 
@@ -151,11 +151,20 @@ def _check_connector(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str,
     import torch
 
     ctx = tiny.make_ctx()
-    d, h, n = 16, 24, 16
+    d, h, n, vocab = 16, 24, 16, 40
+    text = tiny._needs(spec, options, "instruction")
+    extra = {"vocab_size": vocab} if text else {}
     torch.manual_seed(0)
-    conn = _build(spec, options, ctx, in_dim=d, out_dim=h, num_input_tokens=n)
+    conn = _build(spec, options, ctx, in_dim=d, out_dim=h, num_input_tokens=n, **extra)
+
+    def call(module: Any, x: Any) -> Any:
+        if not text:
+            return module(x)
+        ids = torch.arange(x.shape[0] * 5).reshape(x.shape[0], 5) % vocab
+        return module(x, instruction_ids=ids, instruction_mask=torch.ones_like(ids))
+
     for b in (1, 3):
-        out = conn(torch.randn(b, n, d))
+        out = call(conn, torch.randn(b, n, d))
         assert tuple(out.shape) == (b, conn.num_tokens, h), (
             f"{spec.name}: output {tuple(out.shape)} for declared budget {conn.num_tokens}"
         )
@@ -163,10 +172,12 @@ def _check_connector(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str,
     assert all(p.grad is not None for p in conn.parameters() if p.requires_grad), "a parameter gets no gradient"
     x = torch.randn(2, n, d)
     other = _state_round_trip(
-        conn, lambda: tiny.build(spec, ctx, options, in_dim=d, out_dim=h, num_input_tokens=n), tmp
+        conn, lambda: tiny.build(spec, ctx, options, in_dim=d, out_dim=h, num_input_tokens=n, **extra), tmp
     )
+    conn.eval()
+    other.eval()
     with torch.no_grad():
-        assert torch.equal(other(x), conn(x)), "save -> load changed the outputs"
+        assert torch.equal(call(other, x), call(conn, x)), "save -> load changed the outputs"
     return {"num_tokens": conn.num_tokens}
 
 
@@ -228,7 +239,15 @@ def _prepare_for_save(vlm: Any, spec_by_family: Mapping[str, Any]) -> None:
     vlm.manifest = model_manifest(single, core, True, vlm.tokens_per_image)
 
 
-def _check_reload(vlm: Any, batch: dict[str, Any], tmp: Path, fusion_spec: Any, peft: tuple | None = None) -> None:
+def _check_reload(
+    vlm: Any,
+    batch: dict[str, Any],
+    tmp: Path,
+    fusion_spec: Any = None,
+    peft: tuple | None = None,
+    families: dict[str, tuple[Any, dict[str, Any]]] | None = None,
+) -> None:
+    """Save the model, ``vlmplug.load`` it, and compare logits (default parts: tiny CLIP -> mlp)."""
     import torch
 
     import vlmplug
@@ -237,11 +256,11 @@ def _check_reload(vlm: Any, batch: dict[str, Any], tmp: Path, fusion_spec: Any, 
     host = load()
     reg = host.registry
     clip = reg.get("clip")
-    families = {
-        "vision_encoder": (clip, dict(clip.test_options)),
-        "connector": (reg.get("mlp"), {}),
-        "fusion": (fusion_spec, dict(fusion_spec.test_options)),
-    }
+    families = dict(families or {})
+    families.setdefault("vision_encoder", (clip, dict(clip.test_options)))
+    families.setdefault("connector", (reg.get("mlp"), {}))
+    if fusion_spec is not None:
+        families["fusion"] = (fusion_spec, dict(fusion_spec.test_options))
     if peft is not None:
         families["peft"] = peft
     _prepare_for_save(vlm, families)
@@ -250,6 +269,40 @@ def _check_reload(vlm: Any, batch: dict[str, Any], tmp: Path, fusion_spec: Any, 
     vlm.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, vlm(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+def check_combination(encoder: Any, connector: Any, fusion: Any) -> dict[str, Any]:
+    """One encoder x connector x fusion around the tiny LLM (each with its ``test_options``): forward
+    with finite loss and ``[B, L, V]`` logits, gradients into the connector, ``generate``, and save ->
+    ``vlmplug.load`` with identical logits."""
+    import torch
+
+    tok = tiny.make_tokenizer()
+    vlm = tiny.make_vlm(tok, tiny.make_ctx(), encoder=encoder, connector=connector, fusion=fusion)
+    batch = tiny.make_batch(vlm, tok, (1, 2), seed=1)
+    vlm.train()
+    out = vlm(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vlm.connector.parameters()), (
+        "no gradient reaches the connector"
+    )
+    vlm.eval()
+    keep = ("input_ids", "attention_mask", "pixel_values", "instruction_ids", "instruction_mask")
+    first = {k: v[:1] if k in ("input_ids", "attention_mask") else v for k, v in batch.items() if k in keep}
+    n_first = int((batch["input_ids"][0] == vlm.image_token_id).sum()) // max(vlm.tokens_per_image, 1)
+    for k in ("pixel_values", "instruction_ids", "instruction_mask"):
+        if k in first:
+            first[k] = first[k][:n_first]
+    gen = vlm.generate(**first, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    assert gen.dtype == torch.long and gen.shape == (1, 3), gen.shape
+    families = {
+        fam: (spec, dict(spec.test_options))
+        for fam, spec in (("vision_encoder", encoder), ("connector", connector), ("fusion", fusion))
+    }
+    with tempfile.TemporaryDirectory(prefix="vlmplug-combination-") as tmp:
+        _check_reload(vlm, batch, Path(tmp), families=families)
+    return {"tokens_per_image": vlm.tokens_per_image}
 
 
 def _check_peft(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from vlmplug.train.hardware import Hardware
 from vlmplug.train.run import BuildContext
 
 __all__ = [
+    "random_images",
     "IMAGE_TOKEN",
     "TINY_TEXTS",
     "CLIP_OPTIONS",
@@ -114,12 +115,39 @@ def make_llm(tokenizer: Any, seed: int = 0, **overrides: Any) -> Any:
     return llm
 
 
+def _spec(name_or_spec: Any) -> Any:
+    if not isinstance(name_or_spec, str):
+        return name_or_spec
+    from vlmplug.manager import load
+
+    spec = load().registry.get(name_or_spec)
+    if spec is None:
+        raise KeyError(f"no installed component '{name_or_spec}'")
+    return spec
+
+
+def _needs(spec: Any, options: dict[str, Any] | None, capability: str) -> bool:
+    config = spec.make_config(dict(options or {})) if spec.config is not None else None
+    return capability in spec.needs_and_offers(config)[0]
+
+
 def make_connector(
-    spec: Any, ctx: Any, tower: Any, llm: Any, options: dict[str, Any] | None = None, seed: int = 2
+    spec: Any,
+    ctx: Any,
+    tower: Any,
+    llm: Any,
+    options: dict[str, Any] | None = None,
+    seed: int = 2,
+    vocab_size: int | None = None,
 ) -> Any:
+    """Build a connector for ``tower`` -> ``llm`` (``vocab_size`` for text-conditioned ones)."""
     torch.manual_seed(seed)
     hidden = llm.get_input_embeddings().weight.shape[1]
-    return build(spec, ctx, options, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches)
+    options = {**spec.test_options, **(options or {})}
+    extra = {"vocab_size": vocab_size} if _needs(spec, options, "instruction") else {}
+    return build(
+        spec, ctx, options, in_dim=tower.hidden_size, out_dim=hidden, num_input_tokens=tower.num_patches, **extra
+    )
 
 
 def make_vlm(
@@ -127,25 +155,28 @@ def make_vlm(
     ctx: Any,
     *,
     seed: int = 0,
+    encoder: Any = "clip",
+    encoder_options: dict[str, Any] | None = None,
     connector: Any = "mlp",
     connector_options: dict[str, Any] | None = None,
-    fusion: Any = None,
+    fusion: Any = "interleaved",
     fusion_options: dict[str, Any] | None = None,
 ) -> Any:
-    """tiny CLIP -> connector -> fusion (default interleaved) into the tiny Llama; no PEFT applied yet.
+    """A tiny encoder -> connector -> fusion into the tiny Llama; no PEFT applied yet.
 
-    ``connector`` and ``fusion`` are component specs or built-in names."""
-    from vlmplug.manager import load
-
-    host = None
-    if isinstance(connector, str) or fusion is None or isinstance(fusion, str):
-        host = load(autoload=False)
-    conn_spec = host.registry.get(connector) if isinstance(connector, str) else connector
-    fusion_spec = host.registry.get(fusion or "interleaved") if (fusion is None or isinstance(fusion, str)) else fusion
-    tower = make_clip(ctx, seed=seed)
+    ``encoder``, ``connector`` and ``fusion`` are component specs or installed names; each is built
+    with its ``test_options`` (tiny, offline) updated by the ``*_options`` given. The default is tiny
+    CLIP -> mlp -> interleaved."""
+    enc_spec, conn_spec, fusion_spec = _spec(encoder), _spec(connector), _spec(fusion)
+    torch.manual_seed(seed)
+    if enc_spec.name == "clip" and not encoder_options:
+        tower = make_clip(ctx, seed=seed)
+    else:
+        tower = build(enc_spec, ctx, {**enc_spec.test_options, **(encoder_options or {})})
     llm = make_llm(tokenizer, seed=seed + 1)
-    conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2)
-    fusion_obj = build(fusion_spec, ctx, fusion_options)
+    conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2, vocab_size=len(tokenizer))
+    fusion_obj = build(fusion_spec, ctx, {**fusion_spec.test_options, **(fusion_options or {})})
+    torch.manual_seed(seed + 3)
     vlm = fusion_obj.build(
         llm=llm, vision_encoder=tower, connector=conn, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     )
@@ -153,25 +184,41 @@ def make_vlm(
     vlm.tokenizer = tokenizer
     vlm.fusion = fusion_obj
     vlm.tokens_per_image = fusion_obj.placeholder_tokens(conn)
+    vlm.needs_instruction = _needs(conn_spec, {**conn_spec.test_options, **(connector_options or {})}, "instruction")
     return vlm
+
+
+def random_images(n: int, seed: int = 0, sizes: tuple[tuple[int, int], ...] = ((40, 30), (24, 48))) -> list[Any]:
+    """``n`` RGB PIL images of random pixels and varied sizes."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        out.append(Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy()))
+    return out
 
 
 def make_batch(
     vlm: Any, tokenizer: Any, n_images_per_row: tuple[int, ...] = (1, 1), text_len: int = 5, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Right-padded rows of ``[text, <image> x T, ..., text]``: random ordinary-token ids (never a
-    special token or the image token), random pixels, labels on the text only."""
+    special token or the image token), random images through the tower's own preprocessing, labels
+    on the text only; plus each image's instruction ids when the connector is text-conditioned."""
+    from vlmplug.train.data import pad_instructions
     from vlmplug.train.llm import TINY_SPECIALS
 
     g = torch.Generator().manual_seed(seed)
     t = getattr(vlm, "tokens_per_image", None) or vlm.connector.num_tokens
     first_ordinary = len(TINY_SPECIALS) + 1  # the tiny vocab starts with its specials and the image token
-    rows = []
+    rows, instructions = [], []
     for n in n_images_per_row:
         ids: list[int] = []
         for _ in range(n):
-            ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
-            ids += [vlm.image_token_id] * t
+            text = torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
+            ids += text + [vlm.image_token_id] * t
+            instructions.append(text)
         ids += torch.randint(first_ordinary, len(tokenizer), (text_len,), generator=g).tolist()
         rows.append(ids)
     width = max(len(r) for r in rows)
@@ -180,11 +227,18 @@ def make_batch(
     for r, row in enumerate(rows):
         input_ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
-    size = vlm.vision_encoder.image_size
-    pixel_values = torch.randn(sum(n_images_per_row), 3, size, size, generator=g)
     labels = input_ids.clone()
     labels[(input_ids == vlm.image_token_id) | (mask == 0)] = -100
-    return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values, "labels": labels}
+    n_images = sum(n_images_per_row)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "pixel_values": vlm.vision_encoder.preprocess(random_images(n_images, seed)) if n_images else None,
+    }
+    if getattr(vlm, "needs_instruction", False) and instructions:
+        batch["instruction_ids"], batch["instruction_mask"] = pad_instructions(instructions, tokenizer.pad_token_id)
+    return batch
 
 
 def namespace() -> SimpleNamespace:
@@ -197,6 +251,7 @@ def namespace() -> SimpleNamespace:
         make_connector=make_connector,
         make_vlm=make_vlm,
         make_batch=make_batch,
+        random_images=random_images,
         make_tokenizer=make_tokenizer,
         IMAGE_TOKEN=IMAGE_TOKEN,
         CLIP_OPTIONS=CLIP_OPTIONS,

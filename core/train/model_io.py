@@ -153,6 +153,8 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
         single=single, fusion=fusion, tokenizer=tokenizer, core=core, ctx=ctx, load_kwargs={}, llm=llm, tower=tower
     )
     _load_state(vlm.connector, model_dir / parts.get("connector", "connector.safetensors"))
+    if "fusion" in parts:
+        _load_state(vlm.fusion_modules, model_dir / parts["fusion"])
     vlm.peft_method = peft
     vlm.manifest = manifest
     if device is not None:

@@ -18,6 +18,7 @@ Layout of a saved model directory (see :mod:`vlmplug.train.model_io` for loading
     vlmplug_model.json          manifest: components with their options, LLM source, token ids
     vision_encoder.safetensors  the tower's weights, when they trained or were randomly initialised
     connector.safetensors
+    fusion.safetensors          the modules a fusion adds (cross-attention blocks, experts), if any
     llm/ | adapter/ (+ llm_base/)   written by the PEFT method (plain transformers / peft folders)
     tokenizer/  processor/
 """
@@ -163,6 +164,13 @@ class VisionLanguageModel(nn.Module):
             str(directory / "connector.safetensors"),
             metadata={"format": "pt"},
         )
+        if self.fusion_modules is not None:
+            save_file(
+                unique_tensors(self.fusion_modules.state_dict()),
+                str(directory / "fusion.safetensors"),
+                metadata={"format": "pt"},
+            )
+            parts["fusion"] = "fusion.safetensors"
         if self.peft_method is not None:
             llm_files = self.peft_method.save_llm(self, str(directory))
         else:  # a merged / plain LLM
