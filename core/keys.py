@@ -58,6 +58,12 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "eval set) and record the curve of the evaluators' metrics in metrics.json.",
     ),
     "eval_curve_samples": (int, 200, "Held-out samples per evaluation of the curve (at most eval_max_samples)."),
+    "max_train_seconds": (
+        float | None,
+        None,
+        "Stop training after this many seconds of training (evaluations excluded), e.g. to compare "
+        "architectures on the same compute budget; the run ends normally (saved, evaluated).",
+    ),
 }
 
 # TrainingArguments fields accepted at recipe top level: name -> type (default is transformers').
@@ -127,6 +133,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval_max_samples": (1, None, True, True),
     "eval_every_steps": (1, None, True, True),
     "eval_curve_samples": (1, None, True, True),
+    "max_train_seconds": (0, None, False, True),
 }
 
 #: A hint appended to the bound error of some keys.

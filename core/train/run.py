@@ -441,7 +441,7 @@ def _train(
 ) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, TrainClock, VLMTrainer
+    from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, TimeBudget, TrainClock, VLMTrainer
 
     args = parts.train_args
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * s.world_size
@@ -455,6 +455,9 @@ def _train(
         return
     progress = RichProgressCallback(s.console, clock)
     callbacks: list[Any] = [clock, LifecycleCallback(host, clock, s.is_main), progress]
+    budget = TimeBudget(recipe.core["max_train_seconds"], clock) if recipe.core.get("max_train_seconds") else None
+    if budget is not None:
+        callbacks.append(budget)
     curve = None
     if evaluation.enabled and s.is_main and recipe.core.get("eval_every_steps"):
         curve = CurveCallback(recipe.core["eval_every_steps"], evaluation.curve_point, clock, s.say)
@@ -477,6 +480,12 @@ def _train(
         progress.stop()
         _drop_wrappers(trainer)
     metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
+    if budget is not None and budget.stopped_at is not None:
+        metrics["train"]["stopped_by_time_budget"] = True
+        s.say(
+            f"  stopped after {recipe.core['max_train_seconds']:g} s of training (max_train_seconds), "
+            f"at step {budget.stopped_at}"
+        )
     if curve is not None:
         metrics["train"]["eval_seconds_during_training"] = round(curve.eval_seconds, 1)
         metrics["curve"] = curve.points

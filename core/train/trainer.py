@@ -34,6 +34,7 @@ from .data import SKIPPED_KEY
 from .vlm import trainable_state_dict
 
 __all__ = [
+    "TimeBudget",
     "VLMTrainer",
     "RichProgressCallback",
     "LifecycleCallback",
@@ -103,6 +104,21 @@ class TrainClock(TrainerCallback):
 
     def samples_per_second(self, step: int) -> float:
         return (step - self.start_step) * self.samples_per_step / self.seconds_this_run
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training once ``seconds`` of training time (the clock's: evaluations excluded) have passed."""
+
+    def __init__(self, seconds: float, clock: TrainClock):
+        self.seconds = seconds
+        self.clock = clock
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        if self.clock.seconds >= self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
 
 
 class VLMTrainer(Trainer):

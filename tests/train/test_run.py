@@ -341,3 +341,13 @@ def test_a_crash_after_training_still_writes_metrics(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["train"]["steps"] == 4
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_time_budget_stops_training_and_the_run_ends_normally(tmp_path: Path) -> None:
+    result = run({**TINY, "max_steps": 10_000, "max_train_seconds": 1.0, "eval_before_training": False}, tmp_path)
+    train = result.metrics["train"]
+    assert train["stopped_by_time_budget"] is True
+    assert 1 <= train["steps"] < 10_000
+    assert 1.0 <= train["wall_time_s"] < 30
+    assert result.metrics["status"] == "finished" and "after" in result.metrics
+    assert (tmp_path / "run" / "model" / "vlmplug_model.json").is_file()
