@@ -158,8 +158,9 @@ class Fusion(Protocol):
     """How vision tokens reach the LLM."""
 
     def placeholder_tokens(self, connector: Connector) -> int:
-        """Image-token positions the data pipeline inserts per ``<image>`` (0 for fusions that
-        keep vision out of the text stream)."""
+        """Image-token positions the data pipeline inserts per ``<image>``: the connector's token
+        budget when the vision tokens enter the text stream (interleaved, modality experts), 1 for a
+        marker when they stay beside it (cross-attention)."""
         ...
 
     def build(

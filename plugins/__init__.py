@@ -7,9 +7,15 @@ its name when a third-party plugin registers the same one later).
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.encoders.clip",
+    "vlmplug.plugins.encoders.siglip",
     "vlmplug.plugins.connectors.linear",
     "vlmplug.plugins.connectors.mlp",
+    "vlmplug.plugins.connectors.perceiver",
+    "vlmplug.plugins.connectors.qformer",
+    "vlmplug.plugins.connectors.qformer_text",
     "vlmplug.plugins.fusion.interleaved",
+    "vlmplug.plugins.fusion.cross_attention",
+    "vlmplug.plugins.fusion.modality_experts",
     "vlmplug.plugins.peft.full",
     "vlmplug.plugins.peft.lora",
     "vlmplug.plugins.datasets.messages",

@@ -34,16 +34,11 @@ def _planned(
 
 PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "vision_encoder": (
-        _planned("siglip", flat_keys=("image_resolution", "patch_pooling")),
         _planned("eva-clip"),
         _planned("patches"),
     ),
-    "connector": (
-        _planned("perceiver", aliases=("perceiver_resampler", "perceiver-resampler"), flat_keys=("num_query_tokens",)),
-        _planned("qformer"),
-        _planned("qformer-text"),
-    ),
-    "fusion": (_planned("cross-attention"), _planned("modality-experts")),
+    "connector": (),
+    "fusion": (),
     "peft": (
         _planned(
             "qlora",
@@ -125,11 +120,8 @@ def register_evaluators(register: Any) -> None:
 
 @hookimpl(trylast=True)
 def detect_vision_encoder(model: str, config: dict[str, Any] | None) -> str | None:
-    """Names a planned encoder for the hub ids it will read (``google/siglip-...``), so the user
+    """Names a planned encoder for the hub ids it will read (``BAAI/EVA-CLIP-8B``), so the user
     learns which component is missing rather than that no encoder recognises the id."""
     kind = str((config or {}).get("model_type", "")).replace("_vision_model", "")
     text = kind or model.lower().replace("-", "").replace("_", "")
-    for name in ("siglip", "evaclip", "eva02"):
-        if name in text:
-            return "siglip" if name == "siglip" else "eva-clip"
-    return None
+    return "eva-clip" if any(name in text for name in ("evaclip", "eva02")) else None

@@ -18,8 +18,14 @@ from vlmplug.cli import cli
 
 BUILTINS = {
     "clip",
+    "siglip",
+    "cross-attention",
+    "modality-experts",
     "linear",
     "mlp",
+    "perceiver",
+    "qformer",
+    "qformer-text",
     "interleaved",
     "full",
     "lora",
@@ -82,7 +88,7 @@ def test_list_family_json() -> None:
     res = invoke("list", "--family", "connector", "--json")
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    assert {r["name"] for r in rows} == {"linear", "mlp"}
+    assert {r["name"] for r in rows} == {"linear", "mlp", "perceiver", "qformer", "qformer-text"}
     assert {r["family"] for r in rows} == {"connector"}
 
 
@@ -168,9 +174,9 @@ def test_info_unknown_component_did_you_mean() -> None:
 
 
 def test_info_roadmap_component() -> None:
-    res = invoke("info", "qformer")
+    res = invoke("info", "spectrum")
     assert res.exit_code != 0
-    assert "'qformer' (connector) is on the vlmplug roadmap" in flat(res.output)
+    assert "'spectrum' (PEFT method) is on the vlmplug roadmap" in flat(res.output)
 
 
 def test_recipes() -> None:

@@ -103,6 +103,13 @@ def _load_state(module: Any, path: Path) -> None:
     module.load_state_dict(state, strict=False)
 
 
+def _same_attention(llm: Any, attn: str) -> None:
+    """The attention kernel the model trained with (a saved config does not carry it)."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    if attn != "auto" and hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation(attn)
+
+
 def load(path: str | Path, *, host: Any = None, device: str | None = None) -> Any:
     """Load a saved vlmplug model (a run directory or its ``model/``) for inference.
 
@@ -148,6 +155,7 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
         llm = peft.load_llm(str(model_dir), files, load_base)
     else:
         llm = AutoModelForCausalLM.from_pretrained(model_dir / files["llm"], dtype=llm_dtype(core), **ctx.hub_kwargs)
+    _same_attention(llm, core.get("attn_implementation", "auto"))
     fusion = build_component(single["fusion"], ctx)
     vlm = assemble_model(
         single=single, fusion=fusion, tokenizer=tokenizer, core=core, ctx=ctx, load_kwargs={}, llm=llm, tower=tower

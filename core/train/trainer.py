@@ -114,7 +114,7 @@ class TimeBudget(TrainerCallback):
         self.clock = clock
         self.stopped_at: int | None = None
 
-    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kw):
         if self.clock.seconds >= self.seconds and not control.should_training_stop:
             control.should_training_stop = True
             self.stopped_at = state.global_step

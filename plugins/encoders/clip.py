@@ -2,14 +2,22 @@
 
 Features come from a hidden layer (LLaVA-1.5 takes the penultimate, ``feature_layer: -2``) with the
 CLS token dropped, so a ViT-L/14 at 336 px gives 576 patch tokens of width 1024.
+
+``image_resolution`` runs the tower above (or below) its pretrained resolution by bicubic
+interpolation of the patch position embeddings (the DINO / DINOv2 recipe that transformers'
+``interpolate_pos_encoding`` implements; the CLS position is kept as is), and ``patch_pooling:
+adaptive`` average-pools the patch grid to ``pooled_grid x pooled_grid`` tokens so that a higher
+resolution need not raise the token budget (the guide's document recipe keys; see ``_pooling``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from vlmplug import ComponentSpec, hookimpl
+
+from ._pooling import POOLED_GRID_HELP, POOLING_HELP, RESOLUTION_HELP, check_grid_options
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +31,9 @@ class ClipConfig:
     )
     feature_layer: int = field(default=-2, metadata={"help": "Hidden layer the features come from (-1 = last)."})
     drop_cls: bool = field(default=True, metadata={"help": "Drop the CLS token, keeping only patch tokens."})
+    image_resolution: int | None = field(default=None, metadata={"help": RESOLUTION_HELP})
+    patch_pooling: Literal["none", "adaptive"] = field(default="none", metadata={"help": POOLING_HELP})
+    pooled_grid: int | None = field(default=None, metadata={"help": POOLED_GRID_HELP})
     tiny_image_size: int = field(default=64, metadata={"help": "tiny preset: input resolution in pixels."})
     tiny_patch_size: int = field(default=16, metadata={"help": "tiny preset: patch size in pixels."})
     tiny_hidden_size: int = field(default=64, metadata={"help": "tiny preset: transformer width."})
@@ -32,12 +43,20 @@ class ClipConfig:
     def __post_init__(self) -> None:
         if self.feature_layer == 0:
             raise ValueError("feature_layer: 0 is the patch embedding, not a transformer layer; use -1 or -2")
-        if self.model == "tiny" and self.tiny_image_size % self.tiny_patch_size:
+        tiny = self.model == "tiny"
+        if tiny and self.tiny_image_size % self.tiny_patch_size:
             raise ValueError("tiny_image_size must be a multiple of tiny_patch_size")
+        check_grid_options(
+            self.image_resolution,
+            self.patch_pooling,
+            self.pooled_grid,
+            patch_size=self.tiny_patch_size if tiny else None,
+            pretrained_size=self.tiny_image_size if tiny else None,
+        )
 
 
 def capabilities(config: ClipConfig) -> dict[str, list[str]]:
-    """Patch features form a square grid once the CLS token is dropped."""
+    """Patch features form a square grid once the CLS token is dropped (pooled or not)."""
     return {"offers": ["patch-grid"] if config.drop_cls else []}
 
 
@@ -47,6 +66,7 @@ SPEC = ComponentSpec(
     factory="vlmplug.plugins.encoders._clip:build",
     config=ClipConfig,
     capabilities=capabilities,
+    flat_keys=("image_resolution", "patch_pooling", "pooled_grid"),
     test_options={
         "model": "tiny",
         "tiny_image_size": 32,

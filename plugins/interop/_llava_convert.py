@@ -1,7 +1,8 @@
 """Convert between vlmplug's model parts and the LLaVA format of Hugging Face transformers.
 
 vlmplug composes a LLaVA-style model from separate parts: a ``CLIPVisionModel`` (features taken from
-one hidden-state layer, CLS token dropped or kept), a connector (one linear layer, or a two-layer
+one hidden-state layer, CLS token dropped or kept) or a ``SiglipVisionModel`` (no CLS token: every
+hidden state is a patch), a connector (one linear layer, or a two-layer
 MLP), any ``AutoModelForCausalLM`` and a tokenizer with an image placeholder token. The placeholder
 is repeated once per vision token and those input embeddings are overwritten, in order, by the
 connector's outputs ("interleaved" fusion).
@@ -11,9 +12,14 @@ written as a LLaVA-HF checkpoint (:func:`export_llava_hf`) and read back (:func:
 
 Mapping (vlmplug -> LLaVA-HF):
 
-* vision tower -> ``model.vision_tower`` (a ``CLIPVisionModel``); ``feature_layer`` ->
-  ``vision_feature_layer``; ``drop_cls`` True/False -> ``vision_feature_select_strategy``
-  ``"default"``/``"full"``.
+* vision tower -> ``model.vision_tower`` (a ``CLIPVisionModel`` or ``SiglipVisionModel``);
+  ``feature_layer`` -> ``vision_feature_layer``; ``drop_cls`` True/False ->
+  ``vision_feature_select_strategy`` ``"default"``/``"full"``. A SigLIP tower is always ``"full"``
+  (``"default"`` would drop a real patch) and its processor adds no extra token
+  (``num_additional_image_tokens`` 0, against CLIP's 1 for CLS), so ``LlavaProcessor`` expands one
+  image into ``(S // patch) ** 2`` tokens, the tower's grid. A tower run above its pretrained
+  resolution (vlmplug's ``image_resolution``) is written with that resolution as ``image_size`` and
+  the position embeddings it interpolates there (:func:`vision_model_at_resolution`).
 * ``mlp`` connector (``proj.0`` -> act -> ``proj.2``) -> ``multi_modal_projector.linear_1`` ->
   ``projector_hidden_act`` -> ``linear_2``.
 * ``linear`` connector (``proj``) -> ``linear_1`` = ``proj``, ``projector_hidden_act="linear"``
@@ -52,6 +58,8 @@ __all__ = [
     "LlavaParts",
     "export_llava_hf",
     "import_llava_hf",
+    "tower_kind",
+    "vision_model_at_resolution",
     "unwrap_chat_template",
     "wrap_chat_template",
 ]
@@ -81,10 +89,12 @@ class LlavaParts:
     """vlmplug's pieces of a LLaVA-style model.
 
     Attributes:
-        vision_model: the CLIP vision tower.
-        image_processor: CLIP image preprocessing settings (``CLIPImageProcessorPil`` in vlmplug).
+        vision_model: the vision tower, a ``CLIPVisionModel`` or a ``SiglipVisionModel``.
+        image_processor: its preprocessing settings (``CLIPImageProcessorPil`` /
+            ``SiglipImageProcessorPil`` in vlmplug).
         feature_layer: index into ``hidden_states`` of the vision tower (e.g. ``-2``).
-        drop_cls: drop the CLS token from the features (LLaVA's ``"default"`` strategy).
+        drop_cls: drop the CLS token from the features (LLaVA's ``"default"`` strategy); always
+            ``False`` for SigLIP, which has none.
         connector_kind: ``"linear"`` (``proj.weight`` [+ ``proj.bias``]) or ``"mlp"``
             (``proj.0.*``, ``proj.2.*``).
         connector_state_dict: the connector's weights, with vlmplug's key names.
@@ -111,11 +121,58 @@ class LlavaParts:
         return _single_token_id(self.tokenizer, self.image_token)
 
     @property
+    def cls_tokens(self) -> int:
+        """Tokens the tower puts before its patch grid: CLIP's CLS (1), none for SigLIP."""
+        return 1 if tower_kind(self.vision_model) == "clip" else 0
+
+    @property
     def tokens_per_image(self) -> int:
         """Vision tokens per image after the connector: grid cells, plus CLS unless dropped."""
         cfg = self.vision_model.config
         grid = cfg.image_size // cfg.patch_size
-        return grid * grid + (0 if self.drop_cls else 1)
+        return grid * grid + (0 if self.drop_cls else self.cls_tokens)
+
+
+def tower_kind(vision: Any) -> Literal["clip", "siglip"]:
+    """``"clip"`` or ``"siglip"`` for the vision towers LLaVA-HF and vlmplug share; else an error."""
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    if isinstance(vision, CLIPVisionModel):
+        return "clip"
+    if isinstance(vision, SiglipVisionModel):
+        return "siglip"
+    raise LlavaExportError(
+        f"vision_model must be a transformers CLIPVisionModel or SiglipVisionModel, got {type(vision).__name__}"
+    )
+
+
+def vision_model_at_resolution(vision: Any, resolution: int) -> Any:
+    """``vision`` as a tower whose native input size is ``resolution``: the same weights, with the
+    position embeddings it interpolates at that size (transformers' ``interpolate_pos_encoding``,
+    bicubic) stored as its table, so that running it without interpolation computes exactly what
+    ``vision`` computes with it. Returns ``vision`` itself at its own size; ``vision`` is not modified."""
+    cfg: Any = vision.config
+    if resolution == cfg.image_size:
+        return vision
+    prefix = 1 if tower_kind(vision) == "clip" else 0
+    grid = resolution // cfg.patch_size
+    table = vision.embeddings.position_embedding.weight
+    probe = table.new_zeros((1, prefix + grid * grid, table.shape[1]))
+    with torch.no_grad():
+        wide = vision.embeddings.interpolate_pos_encoding(probe, resolution, resolution)[0]
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.image_size = resolution
+    with torch.device("meta"):
+        model = type(vision)(new_cfg)
+    state = {k: v.detach() for k, v in vision.state_dict().items()}
+    state["embeddings.position_embedding.weight"] = wide.detach().clone()
+    model.load_state_dict(state, strict=True, assign=True)
+    embeddings: Any = model.embeddings
+    embeddings.position_ids = torch.arange(wide.shape[0], device=wide.device).expand((1, -1))
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise LlavaExportError(f"cannot rebuild the vision tower at {resolution} px: {leftover[:4]} left unset")
+    return model.train(vision.training)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,23 +203,26 @@ def export_llava_hf(
         The output directory.
 
     Raises:
-        LlavaExportError: the parts cannot be expressed as LLaVA-HF (a non-CLIP vision tower, a
+        LlavaExportError: the parts cannot be expressed as LLaVA-HF (a vision tower other than CLIP or SigLIP, a
             deeper MLP connector, an unsupported activation, mismatched sizes, an image processor
             whose behaviour would differ, ...).
     """
-    from transformers import CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     out = Path(directory)
     if out.exists() and any(out.iterdir()):
         raise LlavaExportError(f"export directory {out} is not empty; choose a new or empty directory")
 
     vision = parts.vision_model
-    if not isinstance(vision, CLIPVisionModel):
-        raise LlavaExportError(f"vision_model must be a transformers CLIPVisionModel, got {type(vision).__name__}")
+    kind = tower_kind(vision)
+    if kind == "siglip" and parts.drop_cls:
+        raise LlavaExportError(
+            "drop_cls is true, but a SigLIP tower has no CLS token to drop (use the 'full' strategy)"
+        )
     vcfg: Any = vision.config
     _check_square(vcfg.image_size, "vision_model.config.image_size")
     _check_feature_layer(parts.feature_layer, vcfg.num_hidden_layers, "feature_layer")
-    _check_image_processor(parts.image_processor, vcfg.image_size, "image_processor")
+    _check_image_processor(parts.image_processor, vcfg.image_size, "image_processor", kind)
 
     llm = parts.llm
     dtype = dtype or llm.dtype
@@ -247,7 +307,7 @@ def _build_processor(parts: LlavaParts, image_token_id: int, strategy: str) -> A
         vision_feature_select_strategy=strategy,
         chat_template=wrap_chat_template(template, parts.image_token) if template else None,
         image_token=parts.image_token,
-        num_additional_image_tokens=1,  # CLIP prepends one CLS token
+        num_additional_image_tokens=parts.cls_tokens,  # CLIP prepends one CLS token, SigLIP none
     )
     if processor.image_token != parts.image_token or processor.image_token_id != image_token_id:
         raise LlavaExportError(
@@ -392,7 +452,6 @@ def import_llava_hf(
         AutoConfig,
         AutoModelForCausalLM,
         AutoProcessor,
-        CLIPVisionModel,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -408,8 +467,7 @@ def import_llava_hf(
 
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **from_pretrained_kwargs)
     vision = model.model.vision_tower
-    if not isinstance(vision, CLIPVisionModel):
-        raise LlavaExportError(f"vision_config builds a {type(vision).__name__}; vlmplug needs a CLIPVisionModel")
+    tower_kind(vision)  # a CLIPVisionModel or SiglipVisionModel, as _check_llava_config required
 
     # vlmplug preprocesses with PIL; ask for the PIL backend (transformers picks torchvision when installed).
     processor = AutoProcessor.from_pretrained(path, backend="pil", **from_pretrained_kwargs)
@@ -477,12 +535,17 @@ def import_llava_hf(
     )
 
 
+#: LLaVA ``vision_config.model_type`` -> the tower kind vlmplug reads it as.
+_VISION_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+
+
 def _check_llava_config(config: Any) -> None:
     """Reject LLaVA configurations vlmplug's parts cannot express (before any weights are read)."""
     vision_type = getattr(config.vision_config, "model_type", None)
-    if vision_type != "clip_vision_model":
+    if vision_type not in _VISION_TYPES:
         raise LlavaExportError(
-            f"vision_config.model_type is {vision_type!r}; vlmplug's vision tower is CLIP ('clip_vision_model') only"
+            f"vision_config.model_type is {vision_type!r}; vlmplug reads CLIP ('clip_vision_model') and "
+            "SigLIP ('siglip_vision_model') towers"
         )
     layer = config.vision_feature_layer
     if not isinstance(layer, int) or isinstance(layer, bool):
@@ -495,6 +558,11 @@ def _check_llava_config(config: Any) -> None:
     strategy = config.vision_feature_select_strategy
     if strategy not in ("default", "full"):
         raise LlavaExportError(f"vision_feature_select_strategy is {strategy!r}; expected 'default' or 'full'")
+    if _VISION_TYPES[vision_type] == "siglip" and strategy != "full":
+        raise LlavaExportError(
+            f"vision_feature_select_strategy is {strategy!r} with a SigLIP tower, which has no CLS token: "
+            "'default' drops its first patch; vlmplug's siglip keeps every patch ('full')"
+        )
     act = config.projector_hidden_act
     if act != "linear" and act not in _ACTS_FROM_HF:
         raise LlavaExportError(
@@ -516,20 +584,23 @@ def _check_processor(processor: Any, config: Any) -> None:
             f"{processor.vision_feature_select_strategy!r}, the model config's is "
             f"{config.vision_feature_select_strategy!r}"
         )
-    if processor.num_additional_image_tokens != 1:
-        raise LlavaExportError(
-            f"processor num_additional_image_tokens is {processor.num_additional_image_tokens}; a CLIP tower "
-            "adds exactly one (CLS) token"
-        )
-    from transformers import CLIPImageProcessorPil
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
-    image_processor = processor.image_processor
-    if not isinstance(image_processor, CLIPImageProcessorPil):
+    kind = _VISION_TYPES[vcfg.model_type]
+    extra = 1 if kind == "clip" else 0
+    if processor.num_additional_image_tokens != extra:
         raise LlavaExportError(
-            f"the image processor is a {type(image_processor).__name__}; vlmplug reproduces CLIP "
-            "preprocessing (CLIPImageProcessor: resize, centre crop, rescale, normalise) only"
+            f"processor num_additional_image_tokens is {processor.num_additional_image_tokens}; a "
+            + ("CLIP tower adds exactly one (CLS) token" if kind == "clip" else "SigLIP tower adds none (no CLS)")
         )
-    _check_image_processor(image_processor, vcfg.image_size, "processor image_processor")
+    image_processor = processor.image_processor
+    wanted = CLIPImageProcessorPil if kind == "clip" else SiglipImageProcessorPil
+    if not isinstance(image_processor, wanted):
+        raise LlavaExportError(
+            f"the image processor is a {type(image_processor).__name__}; with a {kind} tower vlmplug "
+            f"reproduces {wanted.__name__[: -len('Pil')]} preprocessing only"
+        )
+    _check_image_processor(image_processor, vcfg.image_size, "processor image_processor", kind)
 
 
 def _projector_to_connector(projector: Any, config: Any) -> tuple[ConnectorKind, str | None, dict[str, torch.Tensor]]:
@@ -594,11 +665,21 @@ def _llava_feature_layer(layer: int, num_layers: int) -> int:
     return -(num_layers + 1) if layer == 0 else int(layer)
 
 
-def _check_image_processor(processor: Any, image_size: int, where: str) -> None:
-    """vlmplug always resizes the shortest edge and centre-crops to the tower's input size; the
-    LLaVA processor must do the same, or the two sides would see different pixels."""
+def _check_image_processor(processor: Any, image_size: int, where: str, kind: str = "clip") -> None:
+    """vlmplug's CLIP pipeline always resizes the shortest edge and centre-crops to the tower's input
+    size, its SigLIP pipeline resizes straight to ``size`` with no crop; the LLaVA processor must do
+    the same, or the two sides would see different pixels."""
     size = dict(getattr(processor, "size", None) or {})
     crop = dict(getattr(processor, "crop_size", None) or {})
+    if kind == "siglip":
+        if (size.get("height"), size.get("width")) != (image_size, image_size):
+            raise LlavaExportError(
+                f"{where}.size is {size}, but the SigLIP tower's image_size is {image_size} "
+                f"(vlmplug resizes to {{'height': {image_size}, 'width': {image_size}}})"
+            )
+        if not getattr(processor, "do_resize", True) or getattr(processor, "do_center_crop", False):
+            raise LlavaExportError(f"{where}: a SigLIP processor must resize (do_resize) and not crop (do_center_crop)")
+        return
     if "shortest_edge" not in size:
         raise LlavaExportError(f"{where}.size is {size}; vlmplug resizes by {{'shortest_edge': N}} only")
     if not getattr(processor, "do_resize", True) or not getattr(processor, "do_center_crop", True):

@@ -10,9 +10,16 @@ from safetensors.torch import save_file
 
 from vlmplug.errors import ConfigError
 
-from ._llava_convert import LlavaExportError, LlavaParts, export_llava_hf, import_llava_hf
+from ._llava_convert import (
+    LlavaExportError,
+    LlavaParts,
+    export_llava_hf,
+    import_llava_hf,
+    tower_kind,
+    vision_model_at_resolution,
+)
 
-SUPPORTED = {"vision_encoder": ("clip",), "connector": ("linear", "mlp"), "fusion": ("interleaved",)}
+SUPPORTED = {"vision_encoder": ("clip", "siglip"), "connector": ("linear", "mlp"), "fusion": ("interleaved",)}
 
 
 def _component(manifest: dict[str, Any], family: str) -> dict[str, Any]:
@@ -37,7 +44,7 @@ def parts_from_vlm(vlm: Any) -> LlavaParts:
         vlm = vlm.peft_method.merge(vlm)
     tower = vlm.vision_encoder
     return LlavaParts(
-        vision_model=tower.model,
+        vision_model=_tower_model(tower),
         image_processor=tower.image_processor,
         feature_layer=tower.feature_layer,
         drop_cls=tower.drop_cls,
@@ -50,6 +57,26 @@ def parts_from_vlm(vlm: Any) -> LlavaParts:
     )
 
 
+def _tower_model(tower: Any) -> Any:
+    """The transformers vision model that computes ``tower``'s features inside LLaVA-HF: at
+    ``image_resolution`` the interpolated position embeddings become the table (exact); patch pooling
+    and SigLIP's final LayerNorm have no LLaVA-HF equivalent."""
+    if getattr(tower, "pooled_grid", None) != getattr(tower, "grid_size", None):
+        raise LlavaExportError(
+            f"patch_pooling pools the {tower.grid_size} x {tower.grid_size} patch grid to {tower.pooled_grid} x "
+            f"{tower.pooled_grid}; LLaVA-HF feeds every patch to the projector (export with patch_pooling: none, "
+            "or --format merged)"
+        )
+    if getattr(tower, "post_layernorm", False):
+        raise LlavaExportError(
+            "post_layernorm: true applies the SigLIP tower's final LayerNorm; LLaVA-HF reads the raw hidden state"
+        )
+    model = tower.model
+    tower_kind(model)
+    resolution = getattr(tower, "image_size", model.config.image_size)
+    return vision_model_at_resolution(model, resolution)
+
+
 def export_vlm(vlm: Any, out_dir: str) -> None:
     try:
         export_llava_hf(parts_from_vlm(vlm), out_dir)
@@ -59,7 +86,8 @@ def export_vlm(vlm: Any, out_dir: str) -> None:
 
 def import_to_vlmplug(model: str, out_dir: str, hub_kwargs: dict[str, Any]) -> None:
     """Write the LLaVA-HF checkpoint ``model`` as a saved vlmplug model directory at ``out_dir``:
-    ``vision_tower/`` (a CLIP folder), ``connector.safetensors``, ``llm/``, ``tokenizer/``, ``processor/``."""
+    ``vision_tower/`` (a CLIP or SigLIP folder), ``connector.safetensors``, ``llm/``, ``tokenizer/``,
+    ``processor/``."""
     try:
         parts = import_llava_hf(model, **hub_kwargs)
     except LlavaExportError as e:
@@ -81,16 +109,18 @@ def import_to_vlmplug(model: str, out_dir: str, hub_kwargs: dict[str, Any]) -> N
         if parts.connector_kind == "linear"
         else {"name": "mlp", "depth": 2, "hidden_act": parts.connector_act}
     )
+    encoder: dict[str, Any] = {
+        "name": tower_kind(parts.vision_model),
+        "model": "./vision_tower",
+        "feature_layer": parts.feature_layer,
+    }
+    if encoder["name"] == "clip":
+        encoder["drop_cls"] = parts.drop_cls
     manifest = {
         "format_version": 1,
         "imported_from": {"format": "llava-hf", "model": model},
         "components": {
-            "vision_encoder": {
-                "name": "clip",
-                "model": "./vision_tower",
-                "feature_layer": parts.feature_layer,
-                "drop_cls": parts.drop_cls,
-            },
+            "vision_encoder": encoder,
             "connector": connector,
             "fusion": {"name": "interleaved"},
         },

@@ -1,11 +1,13 @@
 """``llava-hf``: the LLaVA layout of Hugging Face transformers (``LlavaForConditionalGeneration``).
 
-* ``vlmplug export RUN --format llava-hf --out DIR`` writes a clip + (linear | mlp) + interleaved
-  model (LoRA merged first) as a folder that plain transformers loads with
-  ``LlavaForConditionalGeneration`` / ``AutoModelForImageTextToText`` and ``AutoProcessor``: the same
-  logits and greedy generations, processor and chat template included.
+* ``vlmplug export RUN --format llava-hf --out DIR`` writes a (clip | siglip) + (linear | mlp) +
+  interleaved model (LoRA merged first; a tower run at ``image_resolution`` is written at that size)
+  as a folder that plain transformers loads with ``LlavaForConditionalGeneration`` /
+  ``AutoModelForImageTextToText`` and ``AutoProcessor``: the same logits and greedy generations,
+  processor and chat template included.
 * ``model: <LLaVA-HF checkpoint>`` in a recipe (a directory or a hub id) imports it into vlmplug's
-  components -- the CLIP tower, the projector (``mlp`` or ``linear``) and the LLM -- and fine-tunes it.
+  components -- the CLIP or SigLIP tower, the projector (``mlp`` or ``linear``) and the LLM -- and
+  fine-tunes it.
 
 The conversion itself (and what LLaVA-HF cannot express) is in ``_llava_convert``; this module stays
 light so that detection needs no torch.
@@ -19,6 +21,8 @@ from vlmplug import hookimpl
 
 FORMAT = "llava-hf"
 _ACTS = {"gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu"}
+#: ``vision_config.model_type`` (absent: LlavaConfig's default, CLIP) -> vlmplug's encoder.
+_TOWERS = {"clip_vision_model": "clip", None: "clip", "siglip_vision_model": "siglip"}
 
 
 @hookimpl
@@ -38,24 +42,28 @@ def export_model(model: Any, format: str, out_dir: str) -> bool | None:
 
 @hookimpl
 def detect_model_format(model: str, config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A LLaVA checkpoint with a CLIP tower, from its ``config.json`` alone."""
+    """A LLaVA checkpoint with a CLIP or SigLIP tower, from its ``config.json`` alone."""
     if not config or config.get("model_type") != "llava":
         return None
     vision = config.get("vision_config") or {}
     layer = config.get("vision_feature_layer", -2)
     act = config.get("projector_hidden_act", "gelu")
-    if vision.get("model_type") not in ("clip_vision_model", None) or not isinstance(layer, int):
-        return None  # a tower or layer list vlmplug cannot represent: import_model explains why
+    strategy = config.get("vision_feature_select_strategy", "default")
+    tower = _TOWERS.get(vision.get("model_type"))
+    if tower is None or not isinstance(layer, int) or (tower == "siglip" and strategy != "full"):
+        return None  # a tower, layer list or strategy vlmplug cannot represent: import_model explains why
     connector: dict[str, Any] = (
         {"name": "linear", "bias": bool(config.get("multimodal_projector_bias", True))}
         if act == "linear"
         else {"name": "mlp", "hidden_act": _ACTS.get(act, act)}
     )
-    drop_cls = config.get("vision_feature_select_strategy", "default") == "default"
+    encoder: dict[str, Any] = {"name": tower, "model": model, "feature_layer": layer}
+    if tower == "clip":
+        encoder["drop_cls"] = strategy == "default"
     return {
         "format": FORMAT,
         "components": {
-            "vision_encoder": {"name": "clip", "model": model, "feature_layer": layer, "drop_cls": drop_cls},
+            "vision_encoder": encoder,
             "connector": connector,
             "fusion": {"name": "interleaved"},
         },

@@ -17,9 +17,15 @@ from vlmplug.plugins import BUILTIN_PLUGINS
 
 BUILTIN_COMPONENTS = {
     "clip": "vision_encoder",
+    "siglip": "vision_encoder",
     "linear": "connector",
     "mlp": "connector",
+    "perceiver": "connector",
+    "qformer": "connector",
+    "qformer-text": "connector",
     "interleaved": "fusion",
+    "cross-attention": "fusion",
+    "modality-experts": "fusion",
     "full": "peft",
     "lora": "peft",
     "messages": "dataset_format",
@@ -242,8 +248,9 @@ def test_disabled_component_is_unknown_to_recipes(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError) as e:
         resolve(data, h.registry, host=h, plugins=["lora"])
     assert e.value.problems == [
-        "--plugins: unknown component 'lora'; choose from: clip, linear, mlp, interleaved, full, messages, "
-        "shapes, gradient-checkpointing, mixed-precision, vqa (run `vlmplug list`)"
+        "--plugins: unknown component 'lora'; choose from: clip, siglip, linear, mlp, perceiver, qformer, "
+        "qformer-text, cross-attention, interleaved, modality-experts, full, messages, shapes, "
+        "gradient-checkpointing, mixed-precision, vqa (run `vlmplug list`)"
     ]
 
 

@@ -158,15 +158,15 @@ def test_plugins_does_not_duplicate_a_list_entry(host: Any, quickstart: dict) ->
 def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
     (msg,) = problems(host, quickstart, plugins=("mpl",))
     assert msg.startswith("--plugins: unknown component 'mpl' (did you mean 'mlp'?)")
-    assert "choose from: clip, linear, mlp" in msg
+    assert "choose from: clip, siglip, linear, mlp" in msg
 
 
 @pytest.mark.parametrize(
     "name, family, available",
     [
-        ("qformer", "connector", "linear, mlp"),
+        ("textvqa", "evaluator", "vqa"),
         ("spectrum", "PEFT method", "full, lora"),
-        ("siglip", "vision encoder", "clip"),
+        ("eva-clip", "vision encoder", "clip, siglip"),
     ],
 )
 def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: str, available: str) -> None:
@@ -178,11 +178,11 @@ def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: st
 
 
 def test_every_problem_is_reported_together(host: Any, quickstart: dict) -> None:
-    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "qformer"), sets=("max_steps=abc",))
+    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "spectrum"), sets=("max_steps=abc",))
     assert len(got) == 4
     assert "--plugins: connector: choose one of linear, mlp" in got
     assert any("unknown component 'mpl'" in p for p in got)
-    assert any("'qformer' (connector) is on the vlmplug roadmap" in p for p in got)
+    assert any("'spectrum' (PEFT method) is on the vlmplug roadmap" in p for p in got)
     assert "--set max_steps: expected an integer, got 'abc'" in got
 
 
@@ -200,7 +200,8 @@ def test_config_error_message_lists_every_problem(host: Any, quickstart: dict) -
 
 def test_component_of_the_wrong_family(host: Any, quickstart: dict) -> None:
     assert problems(host, {**quickstart, "connector": "clip"}) == [
-        "connector: 'clip' is a vision encoder, not a connector; connectors: linear, mlp"
+        "connector: 'clip' is a vision encoder, not a connector; connectors: linear, mlp, perceiver, qformer, "
+        "qformer-text"
     ]
 
 
@@ -214,7 +215,8 @@ def test_alignment_is_the_guides_name_for_connector(host: Any, quickstart: dict)
 def test_no_connector_and_no_model(host: Any, quickstart: dict) -> None:
     data = {k: v for k, v in quickstart.items() if k not in ("connector", "model")}
     got = problems(host, data)
-    assert any(p.startswith("the recipe chooses no connector: add `connector: NAME` (linear, mlp)") for p in got)
+    want = "the recipe chooses no connector: add `connector: NAME` (linear, mlp, perceiver, qformer, qformer-text)"
+    assert any(p.startswith(want) for p in got)
     assert any(p.startswith("model: the recipe names no LLM") for p in got)
 
 

@@ -1,13 +1,16 @@
-"""The ``clip`` vision encoder: feature shapes and layer choice, loading from a saved directory,
-the PIL/numpy image pipeline against transformers' own CLIP processor, and encoder detection."""
+"""The ``clip`` vision encoder: feature shapes and layer choice, ``image_resolution`` (position
+interpolation against a hand-interpolated reference) and adaptive patch pooling with the CLS token
+kept or dropped, loading from a saved directory, the PIL/numpy image pipeline against transformers'
+own CLIP processor, and encoder detection."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPVisionModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from vlmplug.plugins.encoders import clip as clip_plugin
 from vlmplug.plugins.encoders._clip import ClipVisionTower, ImagePipeline
@@ -91,6 +94,126 @@ def test_feature_layer_zero_is_rejected():
         clip_plugin.SPEC.make_config({"feature_layer": 0})
 
 
+# -- image_resolution and patch pooling -------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop_cls", [True, False], ids=["drop-cls", "keep-cls"])
+@pytest.mark.parametrize("resolution, grid", [(32, 4), (48, 6), (64, 8), (40, 5), (36, 4)])
+def test_shapes_at_several_resolutions(tiny, ctx, resolution, grid, drop_cls):
+    tower = tiny.make_clip(ctx, image_resolution=resolution, drop_cls=drop_cls)
+    tokens = grid * grid + (0 if drop_cls else 1)
+    assert (tower.image_size, tower.grid_size, tower.num_patches) == (resolution, grid, tokens)
+    pixels = tower.preprocess([_random_image(40, 60), _random_image(32, 32, seed=9)])
+    assert pixels.shape == (2, 3, resolution, resolution)
+    with torch.no_grad():
+        assert tower(pixels).shape == (2, tokens, WIDTH)
+
+
+def test_pretrained_resolution_gives_exactly_the_uninterpolated_features(tiny, ctx):
+    plain = tiny.make_clip(ctx, drop_cls=False)
+    same = tiny.make_clip(ctx, drop_cls=False, image_resolution=32)
+    assert same.interpolate_pos_encoding and not plain.interpolate_pos_encoding
+    pixels = _pixels(2)
+    with torch.no_grad():
+        torch.testing.assert_close(same(pixels), plain(pixels), rtol=0, atol=0)
+
+
+def test_interpolation_matches_a_tower_with_hand_interpolated_positions(tiny, ctx):
+    tower = tiny.make_clip(ctx, image_resolution=48, drop_cls=False).eval()
+    table = tower.model.embeddings.position_embedding.weight.detach()  # [1 + 16, D]
+    patches = table[1:].reshape(1, GRID, GRID, WIDTH).permute(0, 3, 1, 2)
+    wide = F.interpolate(patches, size=(6, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    cfg = CLIPVisionConfig(**{**tower.model.config.to_dict(), "image_size": 48})
+    ref = CLIPVisionModel(cfg).eval()
+    state = dict(tower.model.state_dict())
+    state["embeddings.position_embedding.weight"] = torch.cat([table[:1], wide.reshape(36, -1)])
+    ref.load_state_dict(state)
+    pixels = _pixels(2, size=48)
+    with torch.no_grad():
+        expected = ref(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # CLS position kept
+        torch.testing.assert_close(tower(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("drop_cls", [True, False], ids=["drop-cls", "keep-cls"])
+def test_adaptive_pooling_is_the_mean_of_each_block_with_cls_kept_aside(tiny, ctx, drop_cls):
+    full = tiny.make_clip(ctx, image_resolution=64, drop_cls=False).eval()  # CLS + 8 x 8 grid
+    pooled = tiny.make_clip(ctx, image_resolution=64, drop_cls=drop_cls, patch_pooling="adaptive", pooled_grid=4).eval()
+    assert pooled.num_patches == 16 + (0 if drop_cls else 1)
+    pixels = _pixels(2, size=64)
+    with torch.no_grad():
+        ref = full(pixels)
+        out = pooled(pixels)
+    assert out.shape == (2, pooled.num_patches, WIDTH)
+    if not drop_cls:
+        torch.testing.assert_close(out[:, 0], ref[:, 0], rtol=0, atol=0)  # the CLS token, untouched
+        out = out[:, 1:]
+    grid = ref[:, 1:].reshape(2, 8, 8, WIDTH)
+    for i in range(4):
+        for j in range(4):
+            block = grid[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(1, 2))
+            torch.testing.assert_close(out[:, 4 * i + j], block, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_pooling_uneven_grid_keeps_the_shape(tiny, ctx):
+    tower = tiny.make_clip(ctx, image_resolution=40, patch_pooling="adaptive", pooled_grid=3)  # 5 x 5 -> 3 x 3
+    assert (tower.grid_size, tower.num_patches) == (5, 9)
+    with torch.no_grad():
+        assert tower(tower.preprocess([_random_image(70, 40)])).shape == (1, 9, WIDTH)
+
+
+def test_default_pooled_grid_keeps_the_pretrained_budget(tiny, ctx):
+    tower = tiny.make_clip(ctx, image_resolution=64, patch_pooling="adaptive")
+    assert (tower.grid_size, tower.pooled_grid, tower.num_patches) == (8, GRID, GRID * GRID)
+
+
+@pytest.mark.parametrize(
+    "options, offers",
+    [
+        ({}, {"patch-grid"}),
+        ({"patch_pooling": "adaptive", "pooled_grid": 2}, {"patch-grid"}),
+        ({"drop_cls": False}, set()),
+        ({"drop_cls": False, "patch_pooling": "adaptive"}, set()),  # CLS in front: not a pure grid
+    ],
+)
+def test_patch_grid_capability_follows_drop_cls(options, offers):
+    spec = clip_plugin.SPEC
+    assert spec.needs_and_offers(spec.make_config({**spec.test_options, **options}))[1] == offers
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"patch_pooling": "adaptive", "pooled_grid": 5}, "pooled_grid: 5 is larger than the 4 x 4 patch grid"),
+        ({"pooled_grid": 2}, "patch_pooling is 'none'"),
+        ({"image_resolution": 7}, "smaller than one 8 px patch"),
+        ({"image_resolution": 0}, "image_resolution: must be a positive"),
+    ],
+)
+def test_impossible_grid_options_are_rejected(options, match):
+    with pytest.raises(ValueError, match=match):
+        clip_plugin.SPEC.make_config({**clip_plugin.SPEC.test_options, **options})
+
+
+def test_pipeline_at_image_resolution_matches_hf_at_that_size(tiny, ctx, tmp_path):
+    tower = tiny.make_clip(ctx, image_resolution=48)
+    image = _random_image(70, 45, seed=9)
+    torch.testing.assert_close(tower.preprocess([image]), _hf(_processor(48), image), rtol=0, atol=ATOL)
+    tower.image_processor.save_pretrained(tmp_path / "processor")  # what the saved model carries
+    saved = CLIPImageProcessorPil.from_pretrained(tmp_path / "processor")
+    assert (saved.size.shortest_edge, saved.crop_size.height, saved.crop_size.width) == (48, 48, 48)
+    torch.testing.assert_close(tower.preprocess([image]), _hf(saved, image), rtol=0, atol=ATOL)
+
+
+def test_saved_tower_reloads_at_a_higher_resolution(tiny, ctx, clip_tower, tmp_path):
+    clip_tower.save_pretrained(tmp_path / "tower")
+    options = {"model": str(tmp_path / "tower"), "image_resolution": 64, "patch_pooling": "adaptive"}
+    loaded = tiny.build(clip_plugin.SPEC, ctx, options).eval()
+    ref = tiny.make_clip(ctx, image_resolution=64, patch_pooling="adaptive").eval()
+    pixels = _pixels(2, size=64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels), ref(pixels), rtol=0, atol=0)
+
+
 # -- loading a saved tower through from_pretrained ------------------------------------------
 
 
@@ -166,6 +289,10 @@ ATOL = 1e-5
 
 def _processor(size: int = 32) -> CLIPImageProcessorPil:
     return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _hf(processor: CLIPImageProcessorPil, image: Image.Image) -> torch.Tensor:
+    return processor([image], return_tensors="pt")["pixel_values"]
 
 
 def _compare(image: Image.Image, processor: CLIPImageProcessorPil) -> None:
@@ -265,3 +392,16 @@ def test_detect_through_the_plugin_host():
     host = load(autoload=False)
     assert host.detect_vision_encoder(model="openai/clip-vit-large-patch14-336", config=None) == "clip"
     assert host.detect_vision_encoder(model="some/dinov2-tower", config=None) is None
+
+
+def test_flat_keys_reach_clip():
+    from vlmplug.manager import load
+    from vlmplug.recipe import load_recipe, resolve
+
+    host = load(autoload=False)
+    data, _ = load_recipe("quickstart")
+    data = {**data, "image_resolution": 48, "patch_pooling": "adaptive", "pooled_grid": 3}
+    resolved = resolve(data, host.registry, host=host, check_deps=False)
+    encoder = resolved.single["vision_encoder"]
+    assert encoder.name == "clip"
+    assert (encoder.options["image_resolution"], encoder.options["pooled_grid"]) == (48, 3)

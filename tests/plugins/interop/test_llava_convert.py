@@ -4,7 +4,8 @@ Every case builds tiny random parts, composes them the way vlmplug's interleaved
 (:func:`vlmplug_logits` / :func:`vlmplug_generate` below), exports them, loads the result with plain
 transformers, and checks that the processor produces the same token ids and the loaded model the
 same logits and greedy continuation; then it imports the checkpoint back and checks that the parts
-are weight-for-weight identical and compose to the same logits.
+are weight-for-weight identical and compose to the same logits. Cases run with a CLIP tower and
+with a SigLIP tower (no CLS token: LLaVA's "full" strategy, no additional image token).
 """
 
 from __future__ import annotations
@@ -119,40 +120,52 @@ class Case:
     drop_cls: bool
     feature_layer: int
     image_in_vocab: bool
+    tower: str = "clip"  # or "siglip"
 
     @property
     def id(self) -> str:
-        return (
+        tower = "" if self.tower == "clip" else f"{self.tower}-"
+        return tower + (
             f"{'tied' if self.tie else 'untied'}-{self.connector}{'-' + self.act if self.act else ''}-"
             f"{'dropcls' if self.drop_cls else 'keepcls'}-L{self.feature_layer}-"
             f"{'img-in-vocab' if self.image_in_vocab else 'img-past-vocab'}"
         )
 
 
-def build_parts(case: Case, seed: int = 0) -> LlavaParts:
+def build_tower(tower: str) -> tuple[Any, Any]:
+    """A tiny CLIP or SigLIP vision model (as vlmplug's tiny presets build them) and its processor."""
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
         CLIPVisionModel,
-        LlamaConfig,
-        LlamaForCausalLM,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+        SiglipVisionModel,
     )
 
-    torch.manual_seed(seed)
-    vision = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=VISION_HIDDEN,
-            intermediate_size=2 * VISION_HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH,
-            projection_dim=VISION_HIDDEN,
-        )
-    ).eval()
+    sizes = dict(
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=2 * VISION_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+    )
+    if tower == "siglip":
+        vision = SiglipVisionModel(SiglipVisionConfig(**sizes, vision_use_head=False)).eval()
+        return vision, SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    vision = CLIPVisionModel(CLIPVisionConfig(**sizes, projection_dim=VISION_HIDDEN)).eval()
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
+    return vision, processor
+
+
+def build_parts(case: Case, seed: int = 0) -> LlavaParts:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    vision, processor = build_tower(case.tower)
     tokenizer = build_tokenizer(case.image_in_vocab)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
     vocab = len(tokenizer) if case.image_in_vocab else image_id
@@ -349,6 +362,13 @@ CASES += [
     Case(False, "linear_nobias", None, True, -3, False),
     Case(True, "linear_nobias", None, False, 2, True),
 ]
+# ... and a SigLIP tower (never drop_cls: it has no CLS token)
+CASES += [
+    Case(True, "mlp", "gelu", False, -1, True, "siglip"),
+    Case(False, "mlp", "gelu", False, -2, False, "siglip"),
+    Case(True, "linear", None, False, -1, False, "siglip"),
+    Case(False, "linear_nobias", None, False, 0, True, "siglip"),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -364,6 +384,9 @@ def test_export_matches_vlmplug_and_round_trips(case: Case, tmp_path: Path) -> N
     assert config["projector_hidden_act"] == (case.act or "linear")
     assert config["image_token_index"] == parts.image_token_id
     assert config["image_seq_length"] == parts.tokens_per_image
+    assert config["vision_config"]["model_type"] == f"{case.tower}_vision_model"
+    grid = (IMAGE_SIZE // PATCH) ** 2
+    assert parts.tokens_per_image == grid + (1 if case.tower == "clip" and not case.drop_cls else 0)
     if case.image_in_vocab:
         assert VOCAB_SIZE_FIELD not in config
     else:
@@ -372,6 +395,8 @@ def test_export_matches_vlmplug_and_round_trips(case: Case, tmp_path: Path) -> N
     model, auto_model, processor = load_exported(out)
     assert isinstance(auto_model, LlavaForConditionalGeneration)
     assert isinstance(processor, LlavaProcessor)
+    assert processor.num_additional_image_tokens == (1 if case.tower == "clip" else 0)
+    assert type(model.model.vision_tower) is type(parts.vision_model)
     tied = model.lm_head.weight is model.get_input_embeddings().weight
     assert tied == case.tie
 
@@ -657,7 +682,7 @@ def test_export_rejects_deep_mlp(tmp_path: Path) -> None:
 
 
 def test_export_rejects_bad_parts(tmp_path: Path) -> None:
-    from transformers import CLIPImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
     parts = build_parts(Case(True, "mlp", "gelu", True, -2, True))
     bad = LlavaParts(**{**parts.__dict__, "connector_act": "gelu_new"})
@@ -684,8 +709,18 @@ def test_export_rejects_bad_parts(tmp_path: Path) -> None:
             patch_size=8,
         )
     )
-    with pytest.raises(LlavaExportError, match="CLIPVisionModel"):
-        export_llava_hf(LlavaParts(**{**parts.__dict__, "vision_model": siglip}), tmp_path / "d")
+    with pytest.raises(LlavaExportError, match="SigLIP tower has no CLS token"):
+        export_llava_hf(LlavaParts(**{**parts.__dict__, "vision_model": siglip, "drop_cls": True}), tmp_path / "d")
+    with pytest.raises(LlavaExportError, match="CLIPVisionModel or SiglipVisionModel, got Linear"):
+        export_llava_hf(LlavaParts(**{**parts.__dict__, "vision_model": nn.Linear(2, 2)}), tmp_path / "d")
+    siglip_parts = build_parts(Case(True, "mlp", "gelu", False, -1, True, "siglip"))
+    with pytest.raises(LlavaExportError, match="SigLIP tower's image_size is 32"):
+        export_llava_hf(
+            LlavaParts(**{**siglip_parts.__dict__, "image_processor": SiglipImageProcessorPil()}), tmp_path / "d"
+        )
+    with pytest.raises(LlavaExportError, match="must resize"):
+        processor = SiglipImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=True)
+        export_llava_hf(LlavaParts(**{**siglip_parts.__dict__, "image_processor": processor}), tmp_path / "d")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "x").write_text("")
     with pytest.raises(LlavaExportError, match="not empty"):
@@ -701,7 +736,7 @@ def test_export_rejects_bad_parts(tmp_path: Path) -> None:
         (
             "vision_config",
             {
-                "model_type": "siglip_vision_model",
+                "model_type": "dinov2",
                 "hidden_size": 32,
                 "intermediate_size": 64,
                 "num_hidden_layers": 1,
@@ -710,6 +745,19 @@ def test_export_rejects_bad_parts(tmp_path: Path) -> None:
                 "patch_size": 8,
             },
             "vision_config.model_type",
+        ),
+        (
+            "vision_config",
+            {
+                "model_type": "siglip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+            "'default' with a SigLIP tower, which has no CLS token",  # the exported strategy is 'default'
         ),
     ],
 )
@@ -731,3 +779,138 @@ def test_import_rejects_processor_mismatch(tmp_path: Path) -> None:
     (out / "processor_config.json").write_text(json.dumps(proc))
     with pytest.raises(LlavaExportError, match="num_additional_image_tokens"):
         import_llava_hf(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# SigLIP towers and towers run at another resolution, against vlmplug's own modules
+# ----------------------------------------------------------------------------------------------
+
+
+def _own_vlm(parts: LlavaParts, tower: Any) -> Any:
+    from vlmplug.plugins.connectors._projectors import Projector
+    from vlmplug.plugins.fusion._interleaved import InterleavedVLM
+
+    connector = Projector(connector_from_parts(parts).proj, tower.num_patches)
+    return InterleavedVLM(tower, connector, parts.llm, parts.image_token_id).eval()
+
+
+@pytest.mark.parametrize("resolution", [None, 48, 44], ids=["native", "48px", "44px-floor"])
+@pytest.mark.parametrize("tower_name", ["clip", "siglip"])
+def test_vlmplug_towers_at_a_resolution_export_exactly(tmp_path: Path, tower_name: str, resolution: int | None) -> None:
+    """vlmplug's ClipVisionTower / SiglipVisionTower (at ``image_resolution``: interpolated position
+    embeddings) + Projector + InterleavedVLM give the logits and generations of the LLaVA-HF export,
+    whose tower carries the interpolated table at that size; the processor gives vlmplug's pixels."""
+    from vlmplug.plugins.encoders._clip import ClipVisionTower
+    from vlmplug.plugins.encoders._siglip import SiglipVisionTower
+    from vlmplug.plugins.interop._llava_convert import vision_model_at_resolution
+
+    siglip = tower_name == "siglip"
+    parts = build_parts(Case(True, "mlp", "gelu", not siglip, -2, False, tower_name))
+    if siglip:
+        tower = SiglipVisionTower(parts.vision_model, parts.image_processor, -2, None, image_resolution=resolution)
+    else:
+        tower = ClipVisionTower(parts.vision_model, parts.image_processor, -2, True, None, image_resolution=resolution)
+    size = resolution or IMAGE_SIZE
+    native = vision_model_at_resolution(tower.model, tower.image_size)
+    assert (native is tower.model) == (size == IMAGE_SIZE)
+    assert native.config.image_size == size and tower.model.config.image_size == IMAGE_SIZE  # the tower is untouched
+    exported = LlavaParts(**{**parts.__dict__, "vision_model": native, "image_processor": tower.image_processor})
+    assert exported.tokens_per_image == tower.num_patches == (size // PATCH) ** 2
+    model, _, processor = load_exported(export_llava_hf(exported, tmp_path / "llava"))
+    assert model.config.vision_config.image_size == size
+
+    prompt = parts.tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    inputs = processor(images=IMAGES, text=prompt, return_tensors="pt")
+    pixels = tower.preprocess(IMAGES)
+    assert pixels.shape == (2, 3, size, size)
+    assert torch.allclose(pixels, inputs["pixel_values"], atol=1e-5, rtol=0)
+    vlm = _own_vlm(parts, tower)
+    with torch.no_grad():
+        ref = vlm(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]).logits
+        logits = model(**inputs).logits[..., : ref.shape[-1]]
+        assert torch.allclose(logits, ref, atol=ATOL, rtol=0), (logits - ref).abs().max()
+        ours = vlm.generate(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["pixel_values"],
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+    theirs = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    assert ours.tolist() == theirs.tolist()
+
+    # imported back: a tower native at that size computes the same features without interpolation
+    back = import_llava_hf(tmp_path / "llava")
+    assert back.vision_model.config.image_size == size
+    cls = SiglipVisionTower if siglip else ClipVisionTower
+    extra = () if siglip else (True,)
+    plain = cls(back.vision_model, back.image_processor, back.feature_layer, *extra, None)  # type: ignore[call-arg]
+    with torch.no_grad():
+        assert torch.allclose(plain(pixels), tower(pixels), atol=1e-6, rtol=0)
+
+
+def test_import_of_a_foreign_llava_siglip_checkpoint(tmp_path: Path) -> None:
+    """A LLaVA-HF checkpoint with a SigLIP tower written by transformers itself (attention-pooling head
+    included, as SiglipVisionConfig defaults): imported parts compose to its logits."""
+    from transformers import (
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(6)
+    tokenizer = build_tokenizer(image_in_vocab=True)
+    config = LlavaConfig(
+        vision_config=SiglipVisionConfig(
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            initializer_range=0.2,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    model.save_pretrained(tmp_path / "foreign")
+    LlavaProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="full",
+        image_token=IMAGE,
+        num_additional_image_tokens=0,
+    ).save_pretrained(tmp_path / "foreign")
+
+    parts = import_llava_hf(tmp_path / "foreign")
+    assert (parts.feature_layer, parts.drop_cls, parts.tokens_per_image) == (-1, False, (IMAGE_SIZE // PATCH) ** 2)
+    processor = LlavaProcessor.from_pretrained(tmp_path / "foreign")
+    inputs = processor(images=IMAGES, text=f"{IMAGE} and {IMAGE} what colour", return_tensors="pt")
+    assert int((inputs["input_ids"] == parts.image_token_id).sum()) == 2 * parts.tokens_per_image
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    assert torch.allclose(vlmplug_logits(parts, inputs), expected, atol=ATOL, rtol=0)
+    assert_state_equal(parts.vision_model.state_dict(), model.model.vision_tower.state_dict())
+
+    # a processor that counts an extra (CLS) token for a SigLIP tower is refused
+    proc = json.loads((tmp_path / "foreign" / "processor_config.json").read_text())
+    proc["num_additional_image_tokens"] = 1
+    (tmp_path / "foreign" / "processor_config.json").write_text(json.dumps(proc))
+    with pytest.raises(LlavaExportError, match="SigLIP tower adds none"):
+        import_llava_hf(tmp_path / "foreign")

@@ -1,6 +1,7 @@
 """``llava-hf`` end to end: a trained run exported loads in plain transformers with the same logits
 and greedy generations (the reference is ``vlmplug.load`` of the run); a LLaVA-HF checkpoint named by
-``model:`` is imported, fine-tuned and exported again."""
+``model:`` is imported, fine-tuned and exported again. CLIP and SigLIP towers, at their own
+resolution or at ``image_resolution``."""
 
 from __future__ import annotations
 
@@ -127,3 +128,79 @@ def test_import_train_export_round_trip(llava_checkpoint: Path, tmp_path: Path) 
     assert any("multi_modal_projector" in k for k in moved) and any("language_model" in k for k in moved)
     # the fine-tuned model also reloads through vlmplug, self-contained
     _compare(vlmplug.load(result.run_dir), out)
+
+
+# -- SigLIP towers ---------------------------------------------------------------------------------
+
+SIGLIP = {
+    "name": "siglip",
+    "model": "tiny",
+    "tiny_image_size": 32,
+    "tiny_patch_size": 8,
+    "tiny_hidden_size": 32,
+    "tiny_layers": 2,
+    "tiny_heads": 2,
+}
+
+
+def _siglip_recipe(**options: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(TINY_RECIPE), "vision_encoder": {**SIGLIP, **options}}
+
+
+@pytest.fixture(scope="module")
+def siglip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short run with a SigLIP tower at 48 px (position embeddings interpolated from 32 px), exported."""
+    root = tmp_path_factory.mktemp("siglip")
+    result = run_recipe(
+        {**_siglip_recipe(image_resolution=48), "max_seq_length": 64},  # 36 image tokens
+        steps=3,
+        output_dir=root / "run",
+        eval_before_training=False,
+        learning_rate=1e-2,
+    )
+    return export_model(result.run_dir, "llava-hf", root / "llava", host=load())
+
+
+def test_siglip_run_exports_to_llava_hf(siglip_checkpoint: Path) -> None:
+    config = json.loads((siglip_checkpoint / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert config["vision_config"]["image_size"] == 48  # the run's image_resolution, baked in
+    assert config["vision_feature_select_strategy"] == "full"
+    assert config["image_seq_length"] == (48 // 8) ** 2
+    processor = json.loads((siglip_checkpoint / "processor_config.json").read_text())
+    assert processor["num_additional_image_tokens"] == 0
+    diff = _compare(vlmplug.load(siglip_checkpoint.parent / "run"), siglip_checkpoint)
+    print(f"llava-hf export (siglip at 48 px): max |logit diff| {diff:.2e}")
+
+
+def test_siglip_checkpoint_imports_as_siglip(siglip_checkpoint: Path, tmp_path: Path) -> None:
+    from vlmplug.plugins.interop._llava_hf import import_to_vlmplug
+
+    host = load()
+    r = resolve(_recipe_on(siglip_checkpoint), host.registry, host=host)
+    assert r.components()["vision_encoder"] == "siglip"
+    assert r.single["vision_encoder"].options["feature_layer"] == -1
+    import_to_vlmplug(str(siglip_checkpoint), str(tmp_path / "imported"), {})
+    manifest = json.loads((tmp_path / "imported" / "vlmplug_model.json").read_text())
+    assert manifest["components"]["vision_encoder"] == {
+        "name": "siglip",
+        "model": "./vision_tower",
+        "feature_layer": -1,
+    }
+    imported = vlmplug.load(tmp_path / "imported")
+    assert imported.vision_encoder.image_size == 48 and not imported.vision_encoder.interpolate_pos_encoding
+    _compare(imported, siglip_checkpoint)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"patch_pooling": "adaptive", "pooled_grid": 2}, "patch_pooling pools the 4 x 4 patch grid to 2 x 2"),
+        ({"post_layernorm": True}, "post_layernorm"),
+    ],
+)
+def test_export_refuses_what_llava_hf_cannot_compute(options: dict[str, Any], match: str, tmp_path: Path) -> None:
+    result = run_recipe(_siglip_recipe(**options), steps=1, output_dir=tmp_path / "run", eval_before_training=False)
+    with pytest.raises(ConfigError, match=match):
+        export_model(result.run_dir, "llava-hf", tmp_path / "llava", host=load())
+    assert not (tmp_path / "llava").exists()
