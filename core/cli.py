@@ -225,9 +225,9 @@ def _print_info(spec: Any, data: dict[str, Any]) -> None:
         con.print("options: none")
     for mod, extra in spec.extras.items():
         state = "[red]missing[/]" if mod in data["missing"] else "[green]installed[/]"
-        con.print(f"needs {mod} ({state}) from extra [{extra}]")
+        con.print(f"needs {escape(mod)} ({state}) from extra {escape(f'[{extra}]')}")
     if data["install"]:
-        con.print(f"fix: {data['install']}")
+        con.print(f"fix: {escape(data['install'])}")
 
 
 @cli.command()

@@ -59,7 +59,12 @@ CAPABILITIES: dict[str, str] = {
 class VisionEncoder(Protocol):
     """A vision tower (a ``torch.nn.Module``) and its image pipeline.
 
-    ``forward(pixel_values: float [B, 3, S, S]) -> features: float [B, N, D]`` in the tower's dtype.
+    ``forward(pixel_values: float [B, ...]) -> features: float [B, N, D]`` in the tower's dtype. Only
+    the tower reads ``pixel_values`` beyond its first (image) dimension: ViTs take ``[B, 3, S, S]``,
+    the ``patches`` encoder packed patches ``[B, max_patches, 4 + 3 p^2]``.
+
+    Optional: ``trains_from_scratch = True`` tells the PEFT methods there is nothing pretrained to keep
+    frozen (the tower trains like the connector unless the user freezes it by name).
     """
 
     #: D, the width of each feature vector.
@@ -74,7 +79,8 @@ class VisionEncoder(Protocol):
     weights_source: str | None
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> ``pixel_values`` ``float32 [B, 3, S, S]`` (resize, crop, normalise)."""
+        """RGB PIL images -> ``pixel_values`` ``float32 [B, ...]`` (e.g. resize, crop, normalise to
+        ``[B, 3, S, S]``); images of any size and aspect ratio."""
         ...
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
@@ -106,7 +112,7 @@ class VisionLanguageModelContract(Protocol):
     Subclass :class:`vlmplug.train.vlm.VisionLanguageModel`, which provides saving, the loss
     contract flags and parameter counting.
 
-    ``forward(input_ids [B, L] long, attention_mask [B, L] long, pixel_values [N_img, 3, S, S] |
+    ``forward(input_ids [B, L] long, attention_mask [B, L] long, pixel_values [N_img, ...] |
     None, labels [B, L] long | None, num_items_in_batch: int | Tensor | None)`` returns an object
     with ``loss`` (scalar) and ``logits [B, L, V]``. The loss is the causal-LM cross-entropy over
     labels shifted by one, ignoring ``-100``: its **sum divided by** ``num_items_in_batch`` when

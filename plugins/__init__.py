@@ -8,6 +8,8 @@ its name when a third-party plugin registers the same one later).
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.encoders.clip",
     "vlmplug.plugins.encoders.siglip",
+    "vlmplug.plugins.encoders.eva_clip",
+    "vlmplug.plugins.encoders.patches",
     "vlmplug.plugins.connectors.linear",
     "vlmplug.plugins.connectors.mlp",
     "vlmplug.plugins.connectors.perceiver",

@@ -33,10 +33,7 @@ def _planned(
 
 
 PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
-    "vision_encoder": (
-        _planned("eva-clip"),
-        _planned("patches"),
-    ),
+    "vision_encoder": (),
     "connector": (),
     "fusion": (),
     "peft": (
@@ -116,12 +113,3 @@ def register_optimizer_stack(register: Any) -> None:
 @hookimpl(trylast=True)
 def register_evaluators(register: Any) -> None:
     _register("evaluator", register)
-
-
-@hookimpl(trylast=True)
-def detect_vision_encoder(model: str, config: dict[str, Any] | None) -> str | None:
-    """Names a planned encoder for the hub ids it will read (``BAAI/EVA-CLIP-8B``), so the user
-    learns which component is missing rather than that no encoder recognises the id."""
-    kind = str((config or {}).get("model_type", "")).replace("_vision_model", "")
-    text = kind or model.lower().replace("-", "").replace("_", "")
-    return "eva-clip" if any(name in text for name in ("evaclip", "eva02")) else None

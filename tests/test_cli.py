@@ -19,6 +19,8 @@ from vlmplug.cli import cli
 BUILTINS = {
     "clip",
     "siglip",
+    "eva-clip",
+    "patches",
     "cross-attention",
     "modality-experts",
     "linear",

@@ -104,16 +104,15 @@ class ClipVisionTower(nn.Module):
         pooled_grid: int | None = None,
     ):
         super().__init__()
-        cfg: Any = model.config
-        layers = int(cfg.num_hidden_layers)
+        layers, pretrained_size, patch_size, hidden_size = self.geometry(model)
         if feature_layer == 0 or abs(feature_layer) > layers:
             raise ValueError(f"feature_layer {feature_layer} is out of range for {layers} layers (use -1 .. -{layers})")
         self.model: Any = model
         self.feature_layer = feature_layer
         self.drop_cls = drop_cls
         self.weights_source = weights_source
-        self.pretrained_image_size = int(cfg.image_size)
-        self.patch_size = int(cfg.patch_size)
+        self.pretrained_image_size = pretrained_size
+        self.patch_size = patch_size
         self.image_size, self.grid_size, self.pooled_grid = resolve_grid(
             self.patch_size, self.pretrained_image_size, image_resolution, patch_pooling, pooled_grid
         )
@@ -122,8 +121,14 @@ class ClipVisionTower(nn.Module):
             processor = self.processor_at(processor, self.image_size)
         self.image_processor = processor
         self.pipeline = self.pipeline_class(processor)
-        self.hidden_size = int(cfg.hidden_size)
+        self.hidden_size = hidden_size
         self.num_patches = self.pooled_grid**2 + (0 if drop_cls else self.prefix_tokens)
+
+    @staticmethod
+    def geometry(model: nn.Module) -> tuple[int, int, int, int]:
+        """``(layers, pretrained image size, patch size, width)`` of the wrapped model."""
+        cfg: Any = model.config
+        return int(cfg.num_hidden_layers), int(cfg.image_size), int(cfg.patch_size), int(cfg.hidden_size)
 
     @staticmethod
     def processor_at(processor: Any, resolution: int) -> Any:

@@ -24,8 +24,11 @@ class FullFineTuning:
 
     def apply(self, vlm: Any) -> Any:
         """Every part trains but those in ``freeze`` and, unless named in ``freeze`` or not, the parts the
-        fusion keeps frozen (``keep_frozen``, e.g. the LLM under Flamingo-style cross-attention)."""
+        fusion keeps frozen (``keep_frozen``, e.g. the LLM under Flamingo-style cross-attention); a
+        vision encoder that ``trains_from_scratch`` always trains unless named in ``freeze``."""
         frozen = self.freeze | set(vlm.keep_frozen)
+        if getattr(vlm.vision_encoder, "trains_from_scratch", False) and "vision_encoder" not in self.freeze:
+            frozen.discard("vision_encoder")  # nothing pretrained to keep (e.g. the ``patches`` projection)
         for part in PARTS:
             module = part_modules(vlm, part)
             for p in module.parameters() if module is not None else ():

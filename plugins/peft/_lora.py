@@ -47,7 +47,7 @@ class LoraMethod:
         for module in (vlm.connector, vlm.fusion_modules):
             for p in module.parameters() if module is not None else ():
                 p.requires_grad_(True)
-        if c.train_vision_encoder:
+        if c.train_vision_encoder or getattr(vlm.vision_encoder, "trains_from_scratch", False):
             for p in vlm.vision_encoder.parameters():
                 p.requires_grad_(True)
         vlm.peft_method = self

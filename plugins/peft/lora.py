@@ -2,7 +2,8 @@
 
 The adapters are scoped to the LLM (``all-linear`` never reaches the vision tower or the connector);
 the connector trains fully, as in LLaVA's LoRA recipes; the vision tower stays frozen unless
-``train_vision_encoder`` is set. Saved adapters load with plain ``peft.PeftModel.from_pretrained``.
+``train_vision_encoder`` is set (or it has no pretrained weights: ``patches``). Saved adapters load
+with plain ``peft.PeftModel.from_pretrained``.
 """
 
 from __future__ import annotations

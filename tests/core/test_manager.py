@@ -18,6 +18,8 @@ from vlmplug.plugins import BUILTIN_PLUGINS
 BUILTIN_COMPONENTS = {
     "clip": "vision_encoder",
     "siglip": "vision_encoder",
+    "patches": "vision_encoder",
+    "eva-clip": "vision_encoder",
     "linear": "connector",
     "mlp": "connector",
     "perceiver": "connector",
@@ -247,11 +249,11 @@ def test_disabled_component_is_unknown_to_recipes(monkeypatch: pytest.MonkeyPatc
     data, _ = load_recipe("quickstart")
     with pytest.raises(ConfigError) as e:
         resolve(data, h.registry, host=h, plugins=["lora"])
-    assert e.value.problems == [
-        "--plugins: unknown component 'lora'; choose from: clip, siglip, linear, mlp, perceiver, qformer, "
-        "qformer-text, cross-attention, interleaved, modality-experts, full, messages, shapes, "
-        "gradient-checkpointing, mixed-precision, vqa (run `vlmplug list`)"
-    ]
+    (msg,) = e.value.problems
+    prefix, suffix = "--plugins: unknown component 'lora'; choose from: ", " (run `vlmplug list`)"
+    assert msg.startswith(prefix) and msg.endswith(suffix)
+    choices = msg[len(prefix) : -len(suffix)].split(", ")
+    assert set(choices) == {s.name for s in h.registry if not s.planned} and "lora" not in choices
 
 
 def test_explicit_disabled_argument_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,7 +158,7 @@ def test_plugins_does_not_duplicate_a_list_entry(host: Any, quickstart: dict) ->
 def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
     (msg,) = problems(host, quickstart, plugins=("mpl",))
     assert msg.startswith("--plugins: unknown component 'mpl' (did you mean 'mlp'?)")
-    assert "choose from: clip, siglip, linear, mlp" in msg
+    assert "choose from: clip, eva-clip, patches, siglip, linear, mlp" in msg
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
     [
         ("textvqa", "evaluator", "vqa"),
         ("spectrum", "PEFT method", "full, lora"),
-        ("eva-clip", "vision encoder", "clip, siglip"),
+        ("sharegpt", "dataset format", "messages, shapes"),
     ],
 )
 def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: str, available: str) -> None:
