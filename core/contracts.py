@@ -97,9 +97,13 @@ class Connector(Protocol):
     Q-Former) is built with an extra ``vocab_size`` (the LLM tokenizer's) and called as
     ``forward(features, instruction_ids=[B, L] long, instruction_mask=[B, L])``: the tokens of the
     message each image belongs to, ``<image>`` removed, in the LLM tokenizer's ids.
+
+    Optional: ``max_frames`` > 1 says the connector takes a whole video, ``forward([B, F, N, D])``
+    with ``F <= max_frames`` frames, and returns its ``T`` tokens for all of them (the perceiver's
+    time embeddings); a video then fills one image slot. Without it, each frame is its own slot.
     """
 
-    #: T, the token budget per image (LLM positions each image occupies).
+    #: T, the token budget per image slot (LLM positions each image, or whole video, occupies).
     num_tokens: int
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor: ...
@@ -113,11 +117,12 @@ class VisionLanguageModelContract(Protocol):
     contract flags and parameter counting.
 
     ``forward(input_ids [B, L] long, attention_mask [B, L] long, pixel_values [N_img, ...] |
-    None, labels [B, L] long | None, num_items_in_batch: int | Tensor | None)`` returns an object
-    with ``loss`` (scalar) and ``logits [B, L, V]``. The loss is the causal-LM cross-entropy over
-    labels shifted by one, ignoring ``-100``: its **sum divided by** ``num_items_in_batch`` when
-    that is given (the Trainer passes the number of target tokens in the whole accumulated batch,
-    so k micro-steps add up to one big step), else the mean.
+    None, labels [B, L] long | None, num_items_in_batch: int | Tensor | None, image_frames [N_slots]
+    long | None)`` returns an object with ``loss`` (scalar) and ``logits [B, L, V]``; ``image_frames``
+    (frames per image slot, when a slot holds a video's frames) goes to ``encode_images``. The loss
+    is the causal-LM cross-entropy over labels shifted by one, ignoring ``-100``: its **sum divided
+    by** ``num_items_in_batch`` when that is given (the Trainer passes the number of target tokens in
+    the whole accumulated batch, so k micro-steps add up to one big step), else the mean.
 
     ``generate(input_ids, attention_mask, pixel_values, **generation_kwargs) -> [B, new]``
     returns only the generated token ids (left-padded prompts).
@@ -206,8 +211,10 @@ class DatasetFormat(Protocol):
     """A source of canonical samples: ``len(ds)`` and ``ds[i]``.
 
     A sample is ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}],
-    "images": [path | data URI | bytes | PIL.Image, ...], ...}`` with one ``<image>`` in the text per
-    image, in order; extra fields (``answers``, ``id``, ...) are kept for evaluators; ``_where``
+    "images": [path | data URI | bytes | PIL.Image, ...], "videos": [video, ...], ...}`` with one
+    ``<image>`` in the text per image and one ``<video>`` per video, in order (a video: a list of
+    frames, ``{"frames": [...], "fps": N}``, a frame folder or a video file; see
+    :mod:`vlmplug.train.video`); extra fields (``answers``, ``id``, ...) are kept for evaluators; ``_where``
     (e.g. ``"train.jsonl:12"``) names the row in error messages.
     """
 

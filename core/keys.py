@@ -36,6 +36,19 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
     "use_peft": (bool | None, None, "true: train adapters (default method lora); false: full fine-tuning."),
     "max_seq_length": (int, 1024, "Longest tokenized sample (image tokens included)."),
     "image_token": (str, "<image>", "The image placeholder written in messages."),
+    "max_num_frames": (
+        int,
+        8,
+        "Frames taken from each video (a sample's 'videos', one <video> in the text each); a connector "
+        "that takes whole videos (perceiver) gets them together, any other one frame by frame.",
+    ),
+    "frame_sampling": (
+        Literal["uniform", "fps"],
+        "uniform",
+        "Which frames: 'uniform' (the middle of max_num_frames equal segments) or 'fps' (sampling_fps "
+        "frames per second, thinned uniformly to max_num_frames).",
+    ),
+    "sampling_fps": (float, 1.0, "Frames per second of video taken under frame_sampling: fps."),
     "chat_template": (str | None, None, "A Jinja chat template overriding the tokenizer's."),
     "on_bad_sample": (
         Literal["error", "skip"],
@@ -127,6 +140,8 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "dataloader_num_workers": (0, None, True, True),
     "label_smoothing_factor": (0, 1, True, False),
     "max_seq_length": (1, None, True, True),
+    "max_num_frames": (1, None, True, True),
+    "sampling_fps": (0, None, False, True),
     "num_threads": (1, None, True, True),
     "eval_max_new_tokens": (1, None, True, True),
     "eval_batch_size": (1, None, True, True),

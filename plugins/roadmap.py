@@ -53,7 +53,7 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
         _planned("llava"),
         _planned("sharegpt"),
         _planned("hf"),
-        _planned("video", flat_keys=("max_num_frames", "frame_sampling")),
+        _planned("video"),
         _planned("document", flat_keys=("augmentation",)),
     ),
     "optimizer_stack": (

@@ -44,6 +44,8 @@ class BuildContext:
     on_bad_sample: str
     hardware: Hardware
     notes: list[str] = field(default_factory=list)
+    #: The run's ``max_num_frames`` (frames per video), for connectors that size themselves by it.
+    max_num_frames: int = 8
 
     def note(self, message: str) -> None:
         self.notes.append(message)
@@ -154,6 +156,9 @@ MODEL_CORE_KEYS = (
     "trust_remote_code",
     "max_seq_length",
     "chat_template",
+    "max_num_frames",
+    "frame_sampling",
+    "sampling_fps",
 )
 
 

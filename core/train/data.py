@@ -6,6 +6,9 @@
 * each ``<image>`` token is expanded to the fusion's placeholder count; a sample whose placeholder
   count differs from its image count, or that is longer than ``max_seq_length``, is an error naming
   the row (or a counted skip with ``on_bad_sample: skip``);
+* each ``<video>`` (one per entry of ``videos``, see :mod:`.video`) becomes image slots: one slot of
+  all its sampled frames when the connector takes whole videos (``max_frames > 1``: the perceiver
+  compresses frames x patches to its budget), else one slot per frame, like consecutive images;
 * images are read lazily (paths, ``data:`` URIs, bytes or PIL images) and preprocessed per batch;
   rows are checked cheaply up front (keys, placeholders, files exist, image headers) and fully when
   loaded. What fails late follows the same ``on_bad_sample`` policy as what fails early: under
@@ -19,6 +22,7 @@ import base64
 import io
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ import torch
 from PIL import Image
 
 from vlmplug.errors import DataError
+
+from .video import VIDEO_TOKEN, VideoOptions, probe, read_frames
 
 IGNORE_INDEX = -100
 
@@ -39,9 +45,13 @@ __all__ = [
     "TrainCollator",
     "load_image",
     "check_image",
+    "load_media",
     "spread_indices",
     "sample_texts",
 ]
+
+#: Kinds of image slot (see :meth:`SampleEncoder.plan`): an image, or frames of a video.
+IMAGE_SLOT, VIDEO_SLOT = "image", "frames"
 
 #: Batch key carrying the skips of a batch (popped by the trainer before the model sees the batch).
 SKIPPED_KEY = "vlmplug_skipped"
@@ -143,6 +153,8 @@ class SampleEncoder:
         max_seq_length: int,
         with_instructions: bool = False,
         max_instruction_tokens: int = 64,
+        video: VideoOptions | None = None,
+        video_per_slot: bool = False,
     ):
         self.tok = tokenizer
         self.image_token = image_token
@@ -151,7 +163,54 @@ class SampleEncoder:
         self.max_seq_length = max_seq_length
         self.with_instructions = with_instructions
         self.max_instruction_tokens = max_instruction_tokens
+        self.video = video or VideoOptions()
+        #: True: a video fills one slot with all its frames (the connector takes [F, N, D]).
+        self.video_per_slot = video_per_slot
+        self._placeholders = re.compile(f"({re.escape(image_token)}|{re.escape(VIDEO_TOKEN)})")
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def plan(self, messages: list[dict[str, str]], sample: dict[str, Any], where: str) -> list[list[Any]]:
+        """The image slots of a conversation in text order: ``["image", k, [0]]`` for ``images[k]``,
+        ``["frames", k, [frame indices]]`` for (frames of) ``videos[k]``; placeholder counts checked
+        against ``images`` / ``videos``, video files probed (not decoded)."""
+        images, videos = sample.get("images") or [], sample.get("videos") or []
+        found = [m.group(0) for msg in messages for m in self._placeholders.finditer(msg["content"])]
+        for token, refs, key in ((self.image_token, images, "images"), (VIDEO_TOKEN, videos, "videos")):
+            n = found.count(token)
+            if n != len(refs):
+                raise DataError(
+                    f"{where}: {n} '{token}' placeholder(s) in the text but {len(refs)} {key[:-1]}(s); "
+                    f"put one '{token}' in a message for each {key[:-1]}",
+                    reason=f"{key[:-1]}-count",
+                    where=where,
+                )
+        slots: list[list[Any]] = []
+        counters = {self.image_token: 0, VIDEO_TOKEN: 0}
+        for token in found:
+            k = counters[token]
+            counters[token] += 1
+            if token == self.image_token:
+                slots.append([IMAGE_SLOT, k, [0]])
+                continue
+            indices = probe(videos[k], self.video, where)
+            slots += [[VIDEO_SLOT, k, indices]] if self.video_per_slot else [[VIDEO_SLOT, k, [i]] for i in indices]
+        return slots
+
+    def rewrite(self, messages: list[dict[str, str]], slots: list[list[Any]]) -> list[dict[str, str]]:
+        """``messages`` with each ``<video>`` replaced by the image tokens of its slots."""
+        if not any(kind == VIDEO_SLOT for kind, _, _ in slots):
+            return messages
+        per_video: dict[int, int] = {}
+        for kind, k, _ in slots:
+            if kind == VIDEO_SLOT:
+                per_video[k] = per_video.get(k, 0) + 1
+        seen = iter(range(len(per_video)))
+
+        def swap(match: re.Match) -> str:
+            return self.image_token * per_video[next(seen)]
+
+        video = re.compile(re.escape(VIDEO_TOKEN))
+        return [{**m, "content": video.sub(swap, m["content"])} for m in messages]
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -217,23 +276,30 @@ class SampleEncoder:
             )
         return out_ids, out_labels
 
-    def encode(self, sample: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
-        ids, labels = self._tokenize(sample["messages"], where)
-        out_ids, out_labels = self._expand(ids, labels, len(sample.get("images") or []), where)
+    def encode(self, sample: dict[str, Any], where: str) -> tuple[list[int], list[int], list[list[Any]]]:
+        """``(input ids, labels, image slots)`` of a training sample (slots: see :meth:`plan`)."""
+        slots = self.plan(sample["messages"], sample, where)
+        ids, labels = self._tokenize(self.rewrite(sample["messages"], slots), where)
+        out_ids, out_labels = self._expand(ids, labels, len(slots), where)
         if all(lb == IGNORE_INDEX for lb in out_labels):
             raise DataError(f"{where}: no assistant tokens to train on", reason="no-target", where=where)
-        return out_ids, out_labels
+        return out_ids, out_labels, slots
 
-    def encode_prompt(self, messages: list[dict[str, str]], n_images: int, where: str) -> list[int]:
-        text = self._render(messages, True)
+    def encode_prompt(
+        self, messages: list[dict[str, str]], sample: dict[str, Any], where: str
+    ) -> tuple[list[int], list[list[Any]]]:
+        """``(prompt ids ending in the generation prompt, image slots)`` for ``messages`` whose
+        images and videos are ``sample``'s."""
+        slots = self.plan(messages, sample, where)
+        text = self._render(self.rewrite(messages, slots), True)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        return self._expand(list(ids), None, n_images, where)[0]
+        return self._expand(list(ids), None, len(slots), where)[0], slots
 
-    def instructions(self, messages: list[dict[str, str]]) -> list[list[int]]:
-        """For each image, in order: the token ids of the message it appears in, without the
+    def instructions(self, messages: list[dict[str, str]], slots: list[list[Any]] | None = None) -> list[list[int]]:
+        """For each image slot, in order: the token ids of the message it appears in, without the
         placeholders (what a text-conditioned connector attends to), at most ``max_instruction_tokens``."""
         out = []
-        for m in messages:
+        for m in self.rewrite(messages, slots or []):
             count = m["content"].count(self.image_token)
             if count:
                 text = " ".join(m["content"].replace(self.image_token, " ").split())
@@ -257,7 +323,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         name: str,
         skip_bad: bool,
         progress: Callable[[int], None] | None = None,
-        items: list[tuple[int, list[int], list[int]]] | None = None,
+        items: list[tuple[int, list[int], list[int], list[list[Any]]]] | None = None,
         skipped: list[dict] | None = None,
     ):
         self.samples = samples
@@ -281,13 +347,13 @@ class EncodedDataset(torch.utils.data.Dataset):
             try:
                 for ref in sample.get("images") or []:
                     check_image(ref, where)
-                ids, labels = encoder.encode(sample, where)
+                ids, labels, slots = encoder.encode(sample, where)
             except DataError as e:
                 if not self.skip_bad:
                     raise
                 self.skipped.append(_as_skip(e))
                 continue
-            self.items.append((i, ids, labels))
+            self.items.append((i, ids, labels, slots))
             if progress is not None:
                 progress(1)
 
@@ -295,16 +361,13 @@ class EncodedDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def _load(self, k: int) -> dict[str, Any]:
-        i, ids, labels = self.items[k]
+        i, ids, labels, slots = self.items[k]
         sample = self.samples[i]
         where = _where(sample, i, self.name)
-        item = {
-            "input_ids": ids,
-            "labels": labels,
-            "images": [load_image(ref, where) for ref in sample.get("images") or []],
-        }
+        images, frames = load_media(sample, slots, where)
+        item = {"input_ids": ids, "labels": labels, "images": images, "frames": frames}
         if self.encoder.with_instructions:
-            item["instruction_ids"] = self.encoder.instructions(sample["messages"])
+            item["instruction_ids"] = self.encoder.instructions(sample["messages"], slots)
         return item
 
     def __getitem__(self, k: int) -> dict[str, Any]:
@@ -323,6 +386,27 @@ class EncodedDataset(torch.utils.data.Dataset):
             f"{self.name}: no sample could be loaded ({len(skips)} failed); first: {skips[0]['message']}",
             reason="empty",
         )
+
+
+def load_media(sample: dict[str, Any], slots: list[list[Any]], where: str) -> tuple[list[Image.Image], list[int]]:
+    """The images of ``slots`` (see :meth:`SampleEncoder.plan`), flat and in order, and the number of
+    frames in each slot (1 for an image); each video is read once."""
+    videos = sample.get("videos") or []
+    wanted: dict[int, list[int]] = {}
+    for kind, k, indices in slots:
+        if kind == VIDEO_SLOT:
+            wanted.setdefault(k, []).extend(indices)
+    decoded: dict[int, dict[int, Image.Image]] = {}
+    for k, indices in wanted.items():
+        unique = sorted(set(indices))
+        decoded[k] = dict(zip(unique, read_frames(videos[k], unique, where)))
+    images: list[Image.Image] = []
+    frames: list[int] = []
+    refs = sample.get("images") or []
+    for kind, k, indices in slots:
+        images += [load_image(refs[k], where)] if kind == IMAGE_SLOT else [decoded[k][i] for i in indices]
+        frames.append(len(indices))
+    return images, frames
 
 
 def _as_skip(error: Any) -> dict:
@@ -347,7 +431,8 @@ def pad_instructions(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, tor
 
 
 class TrainCollator:
-    """Right-pads ``input_ids``/``labels`` and preprocesses all images of the batch in order."""
+    """Right-pads ``input_ids``/``labels`` and preprocesses all images of the batch in order;
+    ``image_frames`` (``long [N_slots]``, frames per image slot) when a slot holds a video's frames."""
 
     def __init__(self, pad_token_id: int, preprocess: Callable[[list[Image.Image]], torch.Tensor]):
         self.pad = pad_token_id
@@ -367,6 +452,9 @@ class TrainCollator:
         out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         if images:
             out["pixel_values"] = self.preprocess(images)
+            frames = [f for b in batch for f in b.get("frames") or [1] * len(b["images"])]
+            if any(f != 1 for f in frames):
+                out["image_frames"] = torch.tensor(frames, dtype=torch.long)
             instructions = [ins for b in batch for ins in b.get("instruction_ids", ())]
             if instructions:
                 out["instruction_ids"], out["instruction_mask"] = pad_instructions(instructions, self.pad)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlmplug.errors import DataError, SkipReport
 
-from .data import SampleEncoder, load_image, pad_instructions
+from .data import SampleEncoder, load_media, pad_instructions
 
 __all__ = ["EvalSet", "Evaluation", "generate_records", "flatten_metrics"]
 
@@ -38,11 +38,14 @@ def _last_user(messages: list[dict[str, str]]) -> str:
     return users[-1] if users else ""
 
 
-def _prompt(sample: dict[str, Any], index: int, evaluator: Any, encoder: SampleEncoder) -> tuple[list[int], list]:
+def _prompt(
+    sample: dict[str, Any], index: int, evaluator: Any, encoder: SampleEncoder
+) -> tuple[list[int], list, list[int], list[list[Any]]]:
+    """``(prompt ids, images, frames per image slot, slots)`` of one evaluation sample."""
     where = str(sample.get("_where") or f"eval sample {index}")
-    refs = sample.get("images") or []
-    ids = encoder.encode_prompt(evaluator.prompt(sample), len(refs), where)
-    return ids, [load_image(ref, where) for ref in refs]
+    ids, slots = encoder.encode_prompt(evaluator.prompt(sample), sample, where)
+    images, frames = load_media(sample, slots, where)
+    return ids, images, frames, slots
 
 
 @torch.no_grad()
@@ -71,11 +74,11 @@ def generate_records(
     device = vlm.device
     try:
         for lo in range(0, n, batch_size):
-            batch, prompts, images, instructions = [], [], [], []
+            batch, prompts, images, frames, instructions = [], [], [], [], []
             for i in range(lo, min(n, lo + batch_size)):
                 sample = samples[i]
                 try:
-                    ids, imgs = _prompt(sample, i, evaluator, encoder)
+                    ids, imgs, counts, slots = _prompt(sample, i, evaluator, encoder)
                 except DataError as e:
                     if skips is None:
                         raise
@@ -84,13 +87,16 @@ def generate_records(
                 batch.append(sample)
                 prompts.append(ids)
                 images += imgs
+                frames += counts
                 if encoder.with_instructions:
-                    instructions += encoder.instructions(evaluator.prompt(sample))
+                    instructions += encoder.instructions(evaluator.prompt(sample), slots)
             if batch:
                 extra = {}
                 if instructions:
                     ins, ins_mask = pad_instructions(instructions, pad)
                     extra = {"instruction_ids": ins.to(device), "instruction_mask": ins_mask.to(device)}
+                if any(f != 1 for f in frames):
+                    extra["image_frames"] = torch.tensor(frames, dtype=torch.long, device=device)
                 texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device, extra)
                 for s, text in zip(batch, texts):
                     records.append(

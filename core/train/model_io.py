@@ -130,6 +130,7 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
         hub_kwargs={"trust_remote_code": bool(core.get("trust_remote_code"))},
         on_bad_sample="error",
         hardware=Hardware.probe(),
+        max_num_frames=int(core.get("max_num_frames") or 8),
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
     parts = manifest.get("parts", {})

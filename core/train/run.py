@@ -32,6 +32,7 @@ from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
 from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
 from .session import Session, open_session
+from .video import VideoOptions
 
 __all__ = ["BuildContext", "RunResult", "run", "build_component"]
 
@@ -138,6 +139,7 @@ def _context(recipe: ResolvedRecipe) -> BuildContext:
         hub_kwargs={"trust_remote_code": bool(core["trust_remote_code"])},
         on_bad_sample=core["on_bad_sample"],
         hardware=Hardware.probe(),
+        max_num_frames=int(core["max_num_frames"]),
     )
 
 
@@ -344,18 +346,35 @@ def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any) -> Any
     return vlm
 
 
-def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:
-    """Check and tokenise the training set once (main process; the others read its result)."""
-    from rich.progress import Progress
-
+def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEncoder:
+    """The tokenizer side of the data pipeline for this model: placeholders per image, instructions for
+    a text-conditioned connector, and how videos are sampled and split into image slots."""
     core = recipe.core
-    encoder = SampleEncoder(
+    max_frames = int(getattr(vlm.connector, "max_frames", 1) or 1)
+    if 1 < max_frames < core["max_num_frames"]:
+        name = recipe.single["connector"].name
+        raise ConfigError(
+            f"max_num_frames {core['max_num_frames']}: connector '{name}' takes at most {max_frames} frames "
+            f"per video; lower max_num_frames or set {name}.max_frames: {core['max_num_frames']}",
+            header="videos",
+        )
+    return SampleEncoder(
         tokenizer,
         core["image_token"],
         vlm.tokens_per_image,
         core["max_seq_length"],
         with_instructions=needs(recipe.single["connector"], "instruction"),
+        video=VideoOptions(core["max_num_frames"], core["frame_sampling"], float(core["sampling_fps"])),
+        video_per_slot=max_frames > 1,
     )
+
+
+def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:
+    """Check and tokenise the training set once (main process; the others read its result)."""
+    from rich.progress import Progress
+
+    core = recipe.core
+    encoder = sample_encoder(recipe, vlm, tokenizer)
     skip = core["on_bad_sample"] == "skip"
     cache = s.run_dir / CACHE / "train_encoded.json"
     with s.main_first():

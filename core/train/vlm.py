@@ -107,14 +107,40 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[N_img, 3, H, W]`` -> LLM-width vision tokens ``[N_img, T, H_llm]``; a text-conditioned
-        connector also gets each image's instruction tokens (``[N_img, L]``)."""
+        """Pixel values of ``N_frames`` images -> LLM-width vision tokens ``[N_slots, T, H_llm]``.
+
+        Without ``image_frames`` every image is a slot. With it (``long [N_slots]``, frames per slot,
+        summing to ``N_frames``) a slot of ``F > 1`` frames -- a video, for a connector that takes whole
+        videos (``max_frames > 1``) -- reaches the connector as ``[1, F, N, D]``; slots with equal
+        ``F`` are batched. A text-conditioned connector also gets each slot's instruction tokens."""
         feats = self.vision_encoder(pixel_values)
         dtype = next((p.dtype for p in self.connector.parameters()), feats.dtype)
+        feats = feats.to(dtype)
+        if image_frames is None or bool((image_frames == 1).all()):
+            return self._connect(feats, instruction_ids, instruction_mask)
+        counts = [int(f) for f in image_frames.tolist()]
+        if sum(counts) != feats.shape[0]:
+            raise ValueError(f"image_frames sums to {sum(counts)} frames but pixel_values has {feats.shape[0]}")
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        out: list[torch.Tensor | None] = [None] * len(counts)
+        for f in sorted(set(counts)):
+            slots = [i for i, c in enumerate(counts) if c == f]
+            group = torch.stack([feats[starts[i] : starts[i] + f] for i in slots])  # [G, F, N, D]
+            ins = instruction_ids[slots] if instruction_ids is not None else None
+            ins_mask = instruction_mask[slots] if instruction_mask is not None else None
+            tokens = self._connect(group if f > 1 else group[:, 0], ins, ins_mask)
+            for j, i in enumerate(slots):
+                out[i] = tokens[j]
+        return torch.stack([t for t in out if t is not None])
+
+    def _connect(
+        self, feats: torch.Tensor, instruction_ids: torch.Tensor | None, instruction_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if instruction_ids is not None:
-            return self.connector(feats.to(dtype), instruction_ids=instruction_ids, instruction_mask=instruction_mask)
-        return self.connector(feats.to(dtype))
+            return self.connector(feats, instruction_ids=instruction_ids, instruction_mask=instruction_mask)
+        return self.connector(feats)
 
     def forward(
         self,

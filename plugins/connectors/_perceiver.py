@@ -93,4 +93,5 @@ def build_perceiver(config: Any, ctx: Any, *, in_dim: int, out_dim: int, num_inp
     resampler = Idefics2PerceiverResampler(resampler_config)
     with torch.no_grad():
         resampler.latents.normal_()
-    return PerceiverResampler(projection, resampler, in_dim=in_dim, max_frames=config.max_frames)
+    max_frames = config.max_frames or int(getattr(ctx, "max_num_frames", 1) or 1)
+    return PerceiverResampler(projection, resampler, in_dim=in_dim, max_frames=max_frames)

@@ -26,11 +26,12 @@ class PerceiverConfig:
     depth: int = field(default=3, metadata={"help": "Resampler layers (Idefics2: 3)."})
     heads: int = field(default=16, metadata={"help": "Attention heads per resampler layer (Idefics2: 16)."})
     head_dim: int = field(default=96, metadata={"help": "Width of each attention head (Idefics2: 96)."})
-    max_frames: int = field(
-        default=1,
+    max_frames: int | None = field(
+        default=None,
         metadata={
-            "help": "Frames per video for [B, F, N, D] input; above 1, a learned time embedding per frame is "
-            "added to the features (Flamingo). 1: single images only."
+            "help": "Frames per video for [B, F, N, D] input (unset: the run's max_num_frames); above 1, a "
+            "video's frames are resampled together, each with a learned time embedding (Flamingo). "
+            "1: single images only (a video then takes one slot per frame)."
         },
     )
     projection: Literal["mlp", "linear"] = field(
@@ -43,7 +44,8 @@ class PerceiverConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_query_tokens", "depth", "heads", "head_dim", "max_frames"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
 
 

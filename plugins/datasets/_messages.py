@@ -59,7 +59,34 @@ def _check(row: Any, where: str) -> str | None:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         return f"{where}: 'images' must be a list of paths or data URIs"
+    videos = row.get("videos", [])
+    if not isinstance(videos, list) or not all(_is_video(v) for v in videos):
+        return (
+            f"{where}: 'videos' must be a list of videos, each a video file or frame folder path, a list "
+            f"of frame paths, or {{frames: [...], fps: N}}"
+        )
     return None
+
+
+def _is_video(video: Any) -> bool:
+    if isinstance(video, str):
+        return True
+    if isinstance(video, dict):
+        video = video.get("frames")
+    return isinstance(video, list) and all(isinstance(f, str) for f in video)
+
+
+def _resolve(ref: str, root: Path) -> str:
+    """A path relative to the data file (or ``image_root``); URIs and absolute paths as they are."""
+    return ref if ref.startswith(("data:", "http://", "https://")) or Path(ref).is_absolute() else str(root / ref)
+
+
+def _resolve_video(video: Any, root: Path) -> Any:
+    if isinstance(video, str):
+        return _resolve(video, root)
+    if isinstance(video, dict):
+        return {**video, "frames": [_resolve(f, root) for f in video["frames"]]}
+    return [_resolve(f, root) for f in video]
 
 
 class MessagesDataset(Sequence):
@@ -81,11 +108,10 @@ class MessagesDataset(Sequence):
                 continue
             images = row.get("images", [])
             images = [images] if isinstance(images, str) else images
-            resolved = [
-                i if i.startswith(("data:", "http://", "https://")) or Path(i).is_absolute() else str(root / i)
-                for i in images
-            ]
-            self.samples.append({**row, "images": resolved, "_where": where})
+            sample = {**row, "images": [_resolve(i, root) for i in images], "_where": where}
+            if row.get("videos"):
+                sample["videos"] = [_resolve_video(v, root) for v in row["videos"]]
+            self.samples.append(sample)
         if problems and skip_bad:
             self.skipped = problems
         elif problems:

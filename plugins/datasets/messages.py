@@ -7,7 +7,9 @@ Each record::
      "images": ["cat.jpg"]}
 
 Image paths are relative to the data file (or ``image_root``); ``data:`` base64 URIs work too.
-Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.
+``videos`` (one ``<video>`` in the text each) are video files, frame folders, lists of frame paths
+or ``{"frames": [...], "fps": 30}``, relative alike; ``max_num_frames`` / ``frame_sampling`` pick
+the frames. Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.
 """
 
 from __future__ import annotations

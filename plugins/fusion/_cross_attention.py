@@ -281,6 +281,7 @@ class CrossAttentionVLM(LayerContextMixin, VisionLanguageModel):
         pixel_values: torch.Tensor | None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Each row's vision tokens, ``[B, max_images * T, H]``, and which are real, ``[B, max_images * T]``;
         images are assigned to rows in the order of their markers. ``(None, None)`` without images."""
@@ -290,7 +291,7 @@ class CrossAttentionVLM(LayerContextMixin, VisionLanguageModel):
             if n_markers:
                 raise ValueError(f"the batch has {n_markers} <image> markers but no pixel_values")
             return None, None
-        vision = self.encode_images(pixel_values, instruction_ids, instruction_mask)  # [N_img, T, H]
+        vision = self.encode_images(pixel_values, instruction_ids, instruction_mask, image_frames)  # [N_img, T, H]
         if vision.shape[0] != n_markers:
             raise ValueError(f"the batch has {n_markers} <image> markers but {vision.shape[0]} images")
         _, tokens, hidden = vision.shape
@@ -310,10 +311,11 @@ class CrossAttentionVLM(LayerContextMixin, VisionLanguageModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         embeds = self.embed(input_ids)
-        vision, mask = self.vision_context(input_ids, pixel_values, instruction_ids, instruction_mask)
+        vision, mask = self.vision_context(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         with self._vision_context(vision=vision, vision_mask=mask):
@@ -327,10 +329,11 @@ class CrossAttentionVLM(LayerContextMixin, VisionLanguageModel):
         pixel_values: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         embeds = self.embed(input_ids)
-        vision, mask = self.vision_context(input_ids, pixel_values, instruction_ids, instruction_mask)
+        vision, mask = self.vision_context(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         with self._vision_context(vision=vision, vision_mask=mask, generating=True):
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 

@@ -23,6 +23,7 @@ class InterleavedVLM(VisionLanguageModel):
         pixel_values: torch.Tensor | None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         is_image = input_ids == self.image_token_id
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
@@ -31,7 +32,7 @@ class InterleavedVLM(VisionLanguageModel):
             if n_slots:
                 raise ValueError(f"the batch has {n_slots} image-token positions but no pixel_values")
             return embeds
-        vision = self.encode_images(pixel_values, instruction_ids, instruction_mask)  # [N_img, T, H]
+        vision = self.encode_images(pixel_values, instruction_ids, instruction_mask, image_frames)  # [N_img, T, H]
         if vision.shape[0] * vision.shape[1] != n_slots:
             raise ValueError(
                 f"the batch has {n_slots} image-token positions but {vision.shape[0]} images x "
@@ -49,9 +50,10 @@ class InterleavedVLM(VisionLanguageModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -64,9 +66,10 @@ class InterleavedVLM(VisionLanguageModel):
         pixel_values: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 

@@ -163,9 +163,10 @@ class ModalityExpertsVLM(LayerContextMixin, InterleavedVLM):
         num_items_in_batch: int | torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         self._attach()
@@ -180,9 +181,10 @@ class ModalityExpertsVLM(LayerContextMixin, InterleavedVLM):
         pixel_values: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        image_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         self._attach()
         with self._vision_context(image_mask=self._image_mask(input_ids), generating=True):
             return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)

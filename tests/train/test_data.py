@@ -74,7 +74,7 @@ def _png(path, color=(200, 30, 30), size=(8, 8)):
 
 def test_labels_cover_exactly_the_assistant_turn(tok, encoder):
     sample = _sample(system="You are a helpful assistant.", images=())
-    ids, labels = encoder.encode(sample, "row 0")
+    ids, labels, _ = encoder.encode(sample, "row 0")
     assert len(ids) == len(labels)
     end = tok.convert_tokens_to_ids("<|end|>")
     labelled = [t for t in labels if t != IGNORE_INDEX]
@@ -97,7 +97,7 @@ def test_two_turn_conversation_labels_both_assistant_turns(tok, encoder):
         {"role": "user", "content": "And which shape is it?"},
         {"role": "assistant", "content": "circle"},
     ]
-    ids, labels = encoder.encode({"messages": msgs, "images": ["x"]}, "row 3")
+    ids, labels, _ = encoder.encode({"messages": msgs, "images": ["x"]}, "row 3")
     runs = _labelled_runs(tok, ids, labels)
     assert [text for lab, text in runs if lab] == ["red<|end|>", "circle<|end|>"]
     assert [lab for lab, _ in runs] == [False, True, False, True]
@@ -106,7 +106,7 @@ def test_two_turn_conversation_labels_both_assistant_turns(tok, encoder):
 
 @pytest.mark.parametrize("answer", ["naïve café 🐱", " leading space", "two\nlines"])
 def test_labels_with_unusual_text(tok, encoder, answer):
-    _ids, labels = encoder.encode(_sample(answer=answer, images=()), "row")
+    _ids, labels, _ = encoder.encode(_sample(answer=answer, images=()), "row")
     assert tok.decode([t for t in labels if t != IGNORE_INDEX]) == f"{answer}<|end|>"
 
 
@@ -115,7 +115,7 @@ def test_labels_with_unusual_text(tok, encoder, answer):
 
 def test_image_placeholder_expands_with_ignored_labels(tok, encoder):
     image_id = tok.convert_tokens_to_ids(IMAGE)
-    ids, labels = encoder.encode(_sample(images=("a", "b")), "row 0")
+    ids, labels, _ = encoder.encode(_sample(images=("a", "b")), "row 0")
     positions = [i for i, t in enumerate(ids) if t == image_id]
     assert len(positions) == 2 * T
     # each placeholder becomes T consecutive image tokens
@@ -152,13 +152,14 @@ def test_too_long_sample_mentions_max_seq_length(tok):
     assert "max_seq_length 40" in msg
     assert "on_bad_sample: skip" in msg
     # the same sample fits with a larger budget
-    ids, _ = SampleEncoder(tok, IMAGE, tokens_per_image=64, max_seq_length=200).encode(_sample(), "x")
+    ids, _, _ = SampleEncoder(tok, IMAGE, tokens_per_image=64, max_seq_length=200).encode(_sample(), "x")
     assert 40 < len(ids) <= 200
 
 
 def test_encode_prompt_ends_with_generation_prompt(tok, encoder):
     msgs = _sample()["messages"][:1]
-    ids = encoder.encode_prompt(msgs, 1, "eval 0")
+    ids, slots = encoder.encode_prompt(msgs, {"images": ["x"]}, "eval 0")
+    assert slots == [["image", 0, [0]]]
     assert tok.decode(ids).endswith("What color is the shape?<|end|><|assistant|>")
     assert ids.count(tok.convert_tokens_to_ids(IMAGE)) == T
 
@@ -172,12 +173,12 @@ def test_encoded_dataset_reads_images_lazily(tok, encoder, tmp_path):
     ds = EncodedDataset(samples, encoder, "train", skip_bad=False)
     assert len(ds) == 3 and ds.skipped == []
     item = ds[1]
-    assert set(item) == {"input_ids", "labels", "images", "vlmplug_skipped"}
+    assert set(item) == {"input_ids", "labels", "images", "frames", "vlmplug_skipped"}
     assert item["vlmplug_skipped"] == []
     assert [im.size for im in item["images"]] == [(8, 8), (10, 6)]
     assert all(im.mode == "RGB" for im in item["images"])
     assert item["images"][1].getpixel((0, 0)) == (0, 0, 255)
-    assert (item["input_ids"], item["labels"]) == tuple(encoder.encode(samples[1], "x"))
+    assert (item["input_ids"], item["labels"]) == tuple(encoder.encode(samples[1], "x")[:2])
     assert ds[2]["images"] == []
 
 

@@ -27,13 +27,14 @@ def _build(tiny, ctx, options=None, n=N):
 def test_defaults_follow_idefics2(tiny, ctx):
     config = perceiver.PerceiverConfig()
     assert (config.num_query_tokens, config.depth, config.heads, config.head_dim) == (64, 3, 16, 96)
-    assert (config.max_frames, config.projection) == (1, "mlp")
+    assert (config.max_frames, config.projection) == (None, "mlp")
     conn = tiny.build(perceiver.SPEC, ctx, in_dim=D, out_dim=H, num_input_tokens=N)
     assert conn.num_tokens == 64
+    assert conn.max_frames == ctx.max_num_frames == 8  # unset: the run's max_num_frames (the guide's 8)
+    assert conn.time_embedding.shape == (8, D)
     assert isinstance(conn.perceiver_resampler, Idefics2PerceiverResampler)
     assert len(conn.perceiver_resampler.layers) == 3
     assert isinstance(conn.modality_projection, Idefics2MLP)
-    assert conn.time_embedding is None
     attn = conn.perceiver_resampler.layers[0].self_attn
     assert (attn.num_heads, attn.head_dim, attn.num_key_value_heads) == (16, 96, 16)
 
@@ -56,8 +57,9 @@ def test_latents_differ_so_tokens_differ(tiny, ctx):
 
 
 def test_is_the_idefics2_connector_composition(tiny, ctx):
-    """projection -> transformers' resampler with an all-ones context mask, nothing else."""
-    conn = _build(tiny, ctx)
+    """projection -> transformers' resampler with an all-ones context mask, nothing else (single
+    images: ``max_frames: 1``, no time embedding)."""
+    conn = _build(tiny, ctx, {"max_frames": 1})
     x = torch.randn(B, N, D)
     ref = conn.perceiver_resampler(context=conn.modality_projection(x), attention_mask=torch.ones(B, N))
     torch.testing.assert_close(conn(x), ref)
@@ -112,7 +114,7 @@ def test_single_image_is_frame_zero_of_a_video(tiny, ctx):
 
 
 def test_too_many_frames_and_bad_shapes_are_rejected(tiny, ctx):
-    conn = _build(tiny, ctx)  # max_frames 1: no time embedding, one frame allowed
+    conn = _build(tiny, ctx, {"max_frames": 1})  # no time embedding, one frame allowed
     assert conn(torch.randn(B, 1, N, D)).shape == (B, 8, H)
     with pytest.raises(ValueError, match="max_frames"):
         conn(torch.randn(B, 2, N, D))
