@@ -9,6 +9,7 @@ answer prior there), the answer-prior baseline, trainable parameters, image toke
 done and the median step time.
 
     python bench/architectures.py [--seconds 60] [--only clip+qformer+interleaved] [--threads 2]
+        [--only-encoder eva-clip --out architectures-eva-clip]   # e.g. in the venv that has timm
 
 Combinations whose capabilities do not fit (e.g. pixel-shuffle needs a patch grid) are listed with
 the reason instead; components with a missing extra are skipped with the install line.
@@ -36,6 +37,18 @@ from vlmplug.recipe import load_recipe, parse_set, resolve
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = ("vision_encoder", "connector", "fusion")
+#: Sized for the quickstart's 16 patch tokens and random-init tiny LLM: resamplers compress 16 -> 8
+#: tokens (the guide's trade-off: fewer tokens, less detail); Flamingo / CogVLM keep the LLM frozen,
+#: which cannot work when it starts random, so here it trains as in every other combination.
+#: Encoders without a tiny preset: ``patches`` at the quickstart's 64 px in 16 px patches (16 tokens).
+ENCODERS: dict[str, dict[str, Any]] = {"patches": {"patch_size": 16, "max_patches": 16, "hidden_size": 64}}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "perceiver": {"num_query_tokens": 8, "heads": 4, "head_dim": 32},
+    "qformer": {"num_query_tokens": 8},
+    "qformer-text": {"num_query_tokens": 8},
+    "cross-attention": {"train_llm": True, "every_n_layers": 1},
+    "modality-experts": {"train_llm": True},
+}
 
 
 class StepClock:
@@ -80,7 +93,9 @@ def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: floa
     encoder, connector, fusion = combo
     data, source = load_recipe("quickstart")
     data = {**data, "vision_encoder": {**data["vision_encoder"], "name": encoder.name}}
-    if encoder.name != "clip":  # the quickstart's tower options are CLIP's; take the encoder's tiny preset
+    if encoder.name in ENCODERS:
+        data["vision_encoder"] = {"name": encoder.name, **ENCODERS[encoder.name]}
+    elif encoder.name != "clip":  # the quickstart's tower options are CLIP's; take the encoder's tiny preset
         data["vision_encoder"] = {
             "name": encoder.name,
             **encoder.test_options,
@@ -88,8 +103,12 @@ def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: floa
             "tiny_patch_size": 16,
             "tiny_hidden_size": 64,
             "tiny_layers": 3,
+            "tiny_heads": 4,
         }
-    data.update(connector=connector.name, fusion=fusion.name)
+    data.update(
+        connector={"name": connector.name, **OPTIONS.get(connector.name, {})},
+        fusion={"name": fusion.name, **OPTIONS.get(fusion.name, {})},
+    )
     sets = parse_set(
         [
             f"max_train_seconds={seconds}",
@@ -97,6 +116,7 @@ def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: floa
             "eval_every_steps=null",
             "lr_scheduler_type=constant_with_warmup",
             "logging_steps=1",
+            "max_seq_length=96",
         ]
     )
     recipe = resolve(data, host.registry, host=host, sets=sets, source=source)
@@ -151,6 +171,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--only", action="append", default=[], help="encoder+connector+fusion (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only-encoder", action="append", default=[], help="run these encoders only (repeatable)")
+    parser.add_argument("--out", default="architectures", help="results name under bench/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = StepClock()
@@ -159,7 +181,7 @@ def main() -> None:
     rows, rejected = [], []
     for combo in combos:
         name = "+".join(s.name for s in combo)
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (args.only_encoder and combo[0].name not in args.only_encoder):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -176,9 +198,9 @@ def main() -> None:
         )
     RESULTS.mkdir(exist_ok=True)
     payload = {"seconds": args.seconds, "threads": args.threads, "rows": rows, "rejected": rejected, "skipped": skipped}
-    (RESULTS / "architectures.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / "architectures.md").write_text(markdown(rows, rejected, args.seconds))
-    print(f"-> {RESULTS / 'architectures.md'}")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(rows, rejected, args.seconds))
+    print(f"-> {RESULTS / args.out}.md")
 
 
 if __name__ == "__main__":
