@@ -85,7 +85,9 @@ def combinations(host: Any) -> tuple[list[tuple[Any, ...]], list[dict[str, str]]
     return list(itertools.product(*(usable[f] for f in FAMILIES))), skipped
 
 
-def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: float, out: Path) -> dict[str, Any]:
+def train_one(
+    host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: float, out: Path, extra: list[str]
+) -> dict[str, Any]:
     from rich.console import Console
 
     from vlmplug.train.run import run
@@ -117,6 +119,7 @@ def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: floa
             "lr_scheduler_type=constant_with_warmup",
             "logging_steps=1",
             "max_seq_length=96",
+            *extra,
         ]
     )
     recipe = resolve(data, host.registry, host=host, sets=sets, source=source)
@@ -141,10 +144,11 @@ def train_one(host: Any, clock: StepClock, combo: tuple[Any, ...], seconds: floa
     }
 
 
-def markdown(rows: list[dict[str, Any]], rejected: list[dict[str, str]], seconds: float) -> str:
+def markdown(rows: list[dict[str, Any]], rejected: list[dict[str, str]], seconds: float, sets: list[str]) -> str:
     lines = [
         f"Quickstart shapes task, {seconds:g} s of training each (2 CPU cores); held-out accuracy "
-        "(400 questions), per type, on blank images, and the answer prior.",
+        "(400 questions), per type, on blank images, and the answer prior."
+        + (f" Overrides: {', '.join(sets)}." if sets else ""),
         "",
         "| encoder | connector | fusion | accuracy | colour | shape | count | presence | blank | prior | "
         "trainable (M) | tokens/image | steps | step (ms) |",
@@ -173,6 +177,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only-encoder", action="append", default=[], help="run these encoders only (repeatable)")
     parser.add_argument("--out", default="architectures", help="results name under bench/results/")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE recipe override")
+    parser.add_argument("--only-connector", action="append", default=[], help="run these connectors only")
+    parser.add_argument("--only-fusion", action="append", default=[], help="run these fusions only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = StepClock()
@@ -181,26 +188,39 @@ def main() -> None:
     rows, rejected = [], []
     for combo in combos:
         name = "+".join(s.name for s in combo)
-        if (args.only and name not in args.only) or (args.only_encoder and combo[0].name not in args.only_encoder):
+        picked = [(args.only_encoder, combo[0]), (args.only_connector, combo[1]), (args.only_fusion, combo[2])]
+        if (args.only and name not in args.only) or any(names and spec.name not in names for names, spec in picked):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = train_one(host, clock, combo, args.seconds, Path(tmp) / "run")
+                row = train_one(host, clock, combo, args.seconds, Path(tmp) / "run", args.sets)
             except ConfigError as e:
                 rejected.append({"combination": name, "why": "; ".join(e.problems)})
                 print(f"{name}: not combined ({e.problems[0][:120]})")
                 continue
         rows.append(row)
+        write_results(args, rows, rejected, skipped)  # after every combination: a stopped run keeps its rows
         print(
             f"{name}: accuracy {row['accuracy']:.3f} (prior {row['answer_prior']:.3f}, blank "
             f"{row['blank_image_accuracy']:.3f}) in {row['steps']} steps",
             flush=True,
         )
-    RESULTS.mkdir(exist_ok=True)
-    payload = {"seconds": args.seconds, "threads": args.threads, "rows": rows, "rejected": rejected, "skipped": skipped}
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / f"{args.out}.md").write_text(markdown(rows, rejected, args.seconds))
+    write_results(args, rows, rejected, skipped)
     print(f"-> {RESULTS / args.out}.md")
+
+
+def write_results(args: Any, rows: list[dict], rejected: list[dict], skipped: list[dict]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    payload = {
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "sets": args.sets,
+        "rows": rows,
+        "rejected": rejected,
+        "skipped": skipped,
+    }
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(rows, rejected, args.seconds, args.sets))
 
 
 if __name__ == "__main__":

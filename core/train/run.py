@@ -350,6 +350,15 @@ def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEn
     """The tokenizer side of the data pipeline for this model: placeholders per image, instructions for
     a text-conditioned connector, and how videos are sampled and split into image slots."""
     core = recipe.core
+    if vlm.tokens_per_image >= core["max_seq_length"]:
+        parts = ", ".join(
+            f"{fam.replace('_', ' ')} '{recipe.single[fam].name}'" for fam in ("vision_encoder", "connector")
+        )
+        raise ConfigError(
+            f"max_seq_length {core['max_seq_length']}: one image alone takes {vlm.tokens_per_image} tokens "
+            f"({parts}); raise max_seq_length or lower the image token budget (`vlmplug info` on them)",
+            header="sequence length",
+        )
     max_frames = int(getattr(vlm.connector, "max_frames", 1) or 1)
     if 1 < max_frames < core["max_num_frames"]:
         name = recipe.single["connector"].name

@@ -185,6 +185,19 @@ def test_model_config_typo_is_an_error(tmp_path: Path) -> None:
         run(data, tmp_path)
 
 
+def test_an_image_budget_past_max_seq_length_is_refused_before_tokenizing(tmp_path: Path) -> None:
+    """Not one 'too long' error per sample: the run stops once, naming the components and the fix."""
+    from vlmplug.errors import ConfigError
+
+    data = {**TINY, "vision_encoder": {"name": "patches", "patch_size": 8, "max_patches": 64, "hidden_size": 32}}
+    with pytest.raises(ConfigError) as e:
+        run(data, tmp_path)
+    assert str(e.value) == (
+        "max_seq_length 48: one image alone takes 64 tokens (vision encoder 'patches', connector 'mlp'); "
+        "raise max_seq_length or lower the image token budget (`vlmplug info` on them)"
+    )
+
+
 def _truncated_jpeg(path: Path) -> None:
     """A JPEG whose header parses (the up-front check passes) but whose data is cut off."""
     import io

@@ -197,6 +197,29 @@ def test_whole_videos_reach_the_perceiver_as_frames(tiny, tiny_ctx, tiny_tokeniz
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("fusion", ["interleaved", "cross-attention", "modality-experts"])
+def test_every_fusion_takes_a_video_slot(tiny, tiny_ctx, tiny_tokenizer, fusion):
+    """An image and a 3-frame video in one row: one slot each, whatever the fusion; gradients reach
+    the frames' time embeddings through every fusion."""
+    vlm = tiny.make_vlm(
+        tiny_tokenizer, tiny_ctx, connector="perceiver", connector_options={"max_frames": 4}, fusion=fusion
+    )
+    per_slot = vlm.tokens_per_image
+    image_id = vlm.image_token_id
+    ids = [7, *([image_id] * per_slot), 8, *([image_id] * per_slot), 9, 10]
+    item = {"input_ids": ids, "labels": ids, "images": tiny.random_images(4, seed=5), "frames": [1, 3]}
+    batch = TrainCollator(tiny_tokenizer.pad_token_id, vlm.vision_encoder.preprocess)([item])
+    batch.pop("vlmplug_skipped", None)
+    batch["labels"][batch["input_ids"] == image_id] = -100
+    for p in vlm.parameters():
+        p.requires_grad_(True)
+    loss = vlm(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grad = vlm.connector.time_embedding.grad
+    assert (grad[:3].abs().sum(dim=1) > 0).all() and grad[3].abs().sum() == 0  # frames 0-2 used, not 3
+
+
 def test_a_video_sample_trains_end_to_end(tiny, tiny_ctx, tiny_tokenizer, tmp_path):
     """Dataset -> collator -> forward -> backward with a real video file, frames compressed by the
     perceiver: the loss goes down on repeated steps."""
