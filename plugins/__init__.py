@@ -20,6 +20,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.fusion.modality_experts",
     "vlmplug.plugins.peft.full",
     "vlmplug.plugins.peft.lora",
+    "vlmplug.plugins.peft.spectrum",
     "vlmplug.plugins.datasets.messages",
     "vlmplug.plugins.datasets.shapes",
     "vlmplug.plugins.optim.gradient_checkpointing",

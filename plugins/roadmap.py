@@ -47,7 +47,6 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
                 "bnb_4bit_quant_type",
             ),
         ),
-        _planned("spectrum", flat_keys=("spectrum_top_percent",)),
     ),
     "dataset_format": (
         _planned("llava"),

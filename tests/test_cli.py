@@ -31,6 +31,7 @@ BUILTINS = {
     "interleaved",
     "full",
     "lora",
+    "spectrum",
     "messages",
     "shapes",
     "gradient-checkpointing",
@@ -176,9 +177,9 @@ def test_info_unknown_component_did_you_mean() -> None:
 
 
 def test_info_roadmap_component() -> None:
-    res = invoke("info", "spectrum")
+    res = invoke("info", "qlora")
     assert res.exit_code != 0
-    assert "'spectrum' (PEFT method) is on the vlmplug roadmap" in flat(res.output)
+    assert "'qlora' (PEFT method) is on the vlmplug roadmap" in flat(res.output)
 
 
 def test_recipes() -> None:

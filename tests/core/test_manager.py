@@ -30,6 +30,7 @@ BUILTIN_COMPONENTS = {
     "modality-experts": "fusion",
     "full": "peft",
     "lora": "peft",
+    "spectrum": "peft",
     "messages": "dataset_format",
     "shapes": "dataset_format",
     "gradient-checkpointing": "optimizer_stack",

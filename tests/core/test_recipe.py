@@ -165,7 +165,7 @@ def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
     "name, family, available",
     [
         ("textvqa", "evaluator", "vqa"),
-        ("spectrum", "PEFT method", "full, lora"),
+        ("qlora", "PEFT method", "full, lora, spectrum"),
         ("sharegpt", "dataset format", "messages, shapes"),
     ],
 )
@@ -178,11 +178,11 @@ def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: st
 
 
 def test_every_problem_is_reported_together(host: Any, quickstart: dict) -> None:
-    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "spectrum"), sets=("max_steps=abc",))
+    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "qlora"), sets=("max_steps=abc",))
     assert len(got) == 4
     assert "--plugins: connector: choose one of linear, mlp" in got
     assert any("unknown component 'mpl'" in p for p in got)
-    assert any("'spectrum' (PEFT method) is on the vlmplug roadmap" in p for p in got)
+    assert any("'qlora' (PEFT method) is on the vlmplug roadmap" in p for p in got)
     assert "--set max_steps: expected an integer, got 'abc'" in got
 
 
