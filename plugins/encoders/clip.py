@@ -13,15 +13,15 @@ resolution need not raise the token budget (the guide's document recipe keys; se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from vlmplug import ComponentSpec, hookimpl
 
-from ._pooling import POOLED_GRID_HELP, POOLING_HELP, RESOLUTION_HELP, check_grid_options
+from ._tower_config import TowerConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClipConfig:
+class ClipConfig(TowerConfig):
     model: str = field(
         default="openai/clip-vit-large-patch14-336",
         metadata={
@@ -31,28 +31,6 @@ class ClipConfig:
     )
     feature_layer: int = field(default=-2, metadata={"help": "Hidden layer the features come from (-1 = last)."})
     drop_cls: bool = field(default=True, metadata={"help": "Drop the CLS token, keeping only patch tokens."})
-    image_resolution: int | None = field(default=None, metadata={"help": RESOLUTION_HELP})
-    patch_pooling: Literal["none", "adaptive"] = field(default="none", metadata={"help": POOLING_HELP})
-    pooled_grid: int | None = field(default=None, metadata={"help": POOLED_GRID_HELP})
-    tiny_image_size: int = field(default=64, metadata={"help": "tiny preset: input resolution in pixels."})
-    tiny_patch_size: int = field(default=16, metadata={"help": "tiny preset: patch size in pixels."})
-    tiny_hidden_size: int = field(default=64, metadata={"help": "tiny preset: transformer width."})
-    tiny_layers: int = field(default=3, metadata={"help": "tiny preset: number of transformer layers."})
-    tiny_heads: int = field(default=4, metadata={"help": "tiny preset: attention heads."})
-
-    def __post_init__(self) -> None:
-        if self.feature_layer == 0:
-            raise ValueError("feature_layer: 0 is the patch embedding, not a transformer layer; use -1 or -2")
-        tiny = self.model == "tiny"
-        if tiny and self.tiny_image_size % self.tiny_patch_size:
-            raise ValueError("tiny_image_size must be a multiple of tiny_patch_size")
-        check_grid_options(
-            self.image_resolution,
-            self.patch_pooling,
-            self.pooled_grid,
-            patch_size=self.tiny_patch_size if tiny else None,
-            pretrained_size=self.tiny_image_size if tiny else None,
-        )
 
 
 def capabilities(config: ClipConfig) -> dict[str, list[str]]:

@@ -17,15 +17,15 @@ bicubically, the patch grid average-pooled to a token budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from vlmplug import ComponentSpec, hookimpl
 
-from ._pooling import POOLED_GRID_HELP, POOLING_HELP, RESOLUTION_HELP, check_grid_options
+from ._tower_config import TowerConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class SiglipConfig:
+class SiglipConfig(TowerConfig):
     model: str = field(
         default="google/siglip-so400m-patch14-384",
         metadata={
@@ -43,33 +43,6 @@ class SiglipConfig:
             "off: the raw hidden state, as LLaVA-HF reads it."
         },
     )
-    image_resolution: int | None = field(default=None, metadata={"help": RESOLUTION_HELP})
-    patch_pooling: Literal["none", "adaptive"] = field(default="none", metadata={"help": POOLING_HELP})
-    pooled_grid: int | None = field(default=None, metadata={"help": POOLED_GRID_HELP})
-    tiny_image_size: int = field(default=64, metadata={"help": "tiny preset: input resolution in pixels."})
-    tiny_patch_size: int = field(default=16, metadata={"help": "tiny preset: patch size in pixels."})
-    tiny_hidden_size: int = field(default=64, metadata={"help": "tiny preset: transformer width."})
-    tiny_layers: int = field(default=3, metadata={"help": "tiny preset: number of transformer layers."})
-    tiny_heads: int = field(default=4, metadata={"help": "tiny preset: attention heads."})
-
-    def __post_init__(self) -> None:
-        if self.feature_layer == 0:
-            raise ValueError("feature_layer: 0 is the patch embedding, not a transformer layer; use -1 or -2")
-        tiny = self.model == "tiny"
-        if tiny:
-            if self.tiny_image_size % self.tiny_patch_size:
-                raise ValueError("tiny_image_size must be a multiple of tiny_patch_size")
-            if abs(self.feature_layer) > self.tiny_layers:
-                raise ValueError(
-                    f"feature_layer {self.feature_layer} is out of range for tiny_layers {self.tiny_layers}"
-                )
-        check_grid_options(
-            self.image_resolution,
-            self.patch_pooling,
-            self.pooled_grid,
-            patch_size=self.tiny_patch_size if tiny else None,
-            pretrained_size=self.tiny_image_size if tiny else None,
-        )
 
 
 SPEC = ComponentSpec(

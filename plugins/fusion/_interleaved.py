@@ -9,6 +9,7 @@ LLM's embeddings are never resized for it.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -56,7 +57,8 @@ class InterleavedVLM(VisionLanguageModel):
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        with self._llm_context(input_ids, generating=False):
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -70,7 +72,13 @@ class InterleavedVLM(VisionLanguageModel):
         **kwargs: Any,
     ) -> torch.Tensor:
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        with self._llm_context(input_ids, generating=True):
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    def _llm_context(self, input_ids: torch.Tensor, generating: bool) -> AbstractContextManager[Any]:
+        """What surrounds each call of the LLM; a fusion that steers the LLM through hooks sets their
+        per-call context here (modality experts). Plain interleaving: nothing."""
+        return nullcontext()
 
 
 class InterleavedFusion:

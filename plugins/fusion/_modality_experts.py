@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import torch
@@ -154,40 +155,11 @@ class ModalityExpertsVLM(LayerContextMixin, InterleavedVLM):
         is_image = input_ids == self.image_token_id
         return is_image if bool(is_image.any()) else None
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        instruction_ids: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
-        image_frames: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
-        if labels is not None and num_items_in_batch is not None:
-            kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
+    def _llm_context(self, input_ids: torch.Tensor, generating: bool) -> AbstractContextManager[Any]:
+        """Image positions route through the experts while the LLM runs (forward and generate are
+        ``InterleavedVLM``'s)."""
         self._attach()
-        with self._vision_context(image_mask=self._image_mask(input_ids)):
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        instruction_ids: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
-        image_frames: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
-        self._attach()
-        with self._vision_context(image_mask=self._image_mask(input_ids), generating=True):
-            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return self._vision_context(image_mask=self._image_mask(input_ids), generating=generating)
 
 
 class ModalityExpertsFusion(InterleavedFusion):
