@@ -303,14 +303,50 @@ def _resolve(recipe: str | None, plugins: str, sets: tuple[str, ...], host: Any 
 @_plugins_opt
 @_set_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON.")
+@click.option("--params", is_flag=True, help="Build the model and print its parameters, trainable, per module.")
 @handle_errors
-def config(recipe: str | None, plugins: str, sets: tuple[str, ...], as_json: bool) -> None:
-    """Resolve a recipe and print the plan, without loading any model."""
-    resolved, _ = _resolve(recipe, plugins, sets)
+def config(recipe: str | None, plugins: str, sets: tuple[str, ...], as_json: bool, params: bool) -> None:
+    """Resolve a recipe and print the plan, without loading any model (``--params``: build it, and
+    print each part's parameters, what trains and at which learning rate)."""
+    from .recipe import load_recipe, parse_set
+    from .stages import is_multistage, plan_stages, resolve_stages
+
+    host = _host()
+    data, source = load_recipe(recipe)
+    names = [p.strip() for p in plugins.split(",") if p.strip()]
+    if is_multistage(data):
+        stages = plan_stages(data, None)
+        plans = resolve_stages(stages, host, names, parse_set(sets), source)
+    else:
+        plans = [_resolve(recipe, plugins, sets, host)[0]]
     if as_json:
-        click.echo(json.dumps(resolved.to_dict(), indent=2, default=str))
+        out = [r.to_dict() for r in plans]
+        click.echo(json.dumps(out if len(out) > 1 else out[0], indent=2, default=str))
         return
-    _print_plan(resolved)
+    for resolved in plans:
+        _print_plan(resolved)
+        if params:
+            _print_parameters(resolved, host)
+
+
+def _print_parameters(resolved: Any, host: Any) -> None:
+    """Build the model as a run would (weights load; data is read only for a preset's tokenizer) and
+    print the per-module table."""
+    from rich.table import Table
+
+    from .train.run import inspect_model
+
+    rows = inspect_model(resolved, host)
+    table = Table(title="parameters per module")
+    for col in ("part", "parameters", "trainable", "train", "learning rate", "set by"):
+        table.add_column(col, justify="left" if col in ("part", "train", "set by") else "right")
+    for r in rows:
+        lr = "-" if r["learning_rate"] is None else f"{r['learning_rate']:g}"
+        table.add_row(r["part"], f"{r['parameters']:,}", f"{r['trainable']:,}", r["train"], lr, r["set_by"])
+    total = sum(r["parameters"] for r in rows)
+    trainable = sum(r["trainable"] for r in rows)
+    table.add_row("all", f"{total:,}", f"{trainable:,} ({100 * trainable / max(total, 1):.1f}%)", "", "", "")
+    _console().print(table)
 
 
 def _print_plan(resolved: Any) -> None:
@@ -342,12 +378,31 @@ def _print_plan(resolved: Any) -> None:
 @click.option("--output-dir", "-o", default=None, help="Run directory (default runs/<name>, numbered if taken).")
 @handle_errors
 def train(recipe: str | None, plugins: str, sets: tuple[str, ...], output_dir: str | None) -> None:
-    """Train a model. With no RECIPE, runs the CPU quickstart (recipes/quickstart.yaml)."""
-    resolved, host = _resolve(recipe, plugins, sets)
-    from .train.run import run
+    """Train a model. With no RECIPE, runs the CPU quickstart (recipes/quickstart.yaml). A recipe with
+    ``stages:`` trains each stage in turn, from the previous stage's model."""
+    from .recipe import load_recipe, parse_set
+    from .stages import is_multistage, plan_stages, run_stages
 
+    data, source = load_recipe(recipe)
+    argv = ["vlmplug", *sys.argv[1:]]
     try:
-        run(resolved, host, output_dir=output_dir, console=_console(stderr=True), argv=["vlmplug", *sys.argv[1:]])
+        if is_multistage(data):
+            names = [p.strip() for p in plugins.split(",") if p.strip()]
+            stages = plan_stages(data, output_dir)
+            run_stages(
+                stages,
+                _host(),
+                plugins=names,
+                sets=parse_set(sets),
+                source=source,
+                console=_console(stderr=True),
+                argv=argv,
+            )
+            return
+        resolved, host = _resolve(recipe, plugins, sets)
+        from .train.run import run
+
+        run(resolved, host, output_dir=output_dir, console=_console(stderr=True), argv=argv)
     except KeyboardInterrupt:
         click.get_current_context().exit(130)
 

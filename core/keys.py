@@ -34,6 +34,18 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "values (flash_attention_2) select the component that provides them.",
     ),
     "use_peft": (bool | None, None, "true: train adapters (default method lora); false: full fine-tuning."),
+    "modules": (
+        dict,
+        {},
+        "Per part (vision_encoder, connector, llm, fusion): train (frozen | full | for the llm a PEFT "
+        "method), learning_rate, weight_decay; see docs/training.md.",
+    ),
+    "stage": (
+        str | None,
+        None,
+        "A training stage's defaults (recipes/stages/): align (connector only, lr 1e-3, 1 epoch), "
+        "instruct (QLoRA 2e-4, or full fine-tuning 2e-5), task (QLoRA 1e-4); the recipe's own keys win.",
+    ),
     "max_seq_length": (int, 1024, "Longest tokenized sample (image tokens included)."),
     "image_token": (str, "<image>", "The image placeholder written in messages."),
     "max_num_frames": (

@@ -28,6 +28,7 @@ from . import deps
 from ._version import __version__
 from .errors import ConfigError, did_you_mean, read_text
 from .keys import CORE_KEYS, TRAINING_ALIASES, TRAINING_KEYS, check_bounds
+from .modules import llm_method, parse_modules
 from .registry import FAMILIES, FAMILY_TITLES, SINGLE_FAMILIES, ComponentSpec, Registry, coerce_value, validate_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -452,15 +453,74 @@ def _first_record(path: str, where: str, problems: list[str]) -> tuple[bool, dic
 def _split_sets(data: Mapping[str, Any], sets: list[tuple[str, Any]], r: _Resolver) -> tuple[dict, list]:
     """``--set`` on a key that selects components acts on the recipe itself (it still wins over the
     file); the other overrides apply after selection."""
-    selecting = set(SINGLE_KEYS) | set(LIST_KEYS) | {"use_peft"} | {k for s in r.all_specs() for k in s.activated_by}
+    selecting = (
+        set(SINGLE_KEYS)
+        | set(LIST_KEYS)
+        | {"use_peft", "modules", "stage"}
+        | {k for s in r.all_specs() for k in s.activated_by}
+    )
     data = dict(data)
     late = []
     for key, value in sets:
+        head, _, rest = key.partition(".")
         if key in selecting:
             data[key] = value
+        elif head == "modules" and rest:  # --set modules.connector.learning_rate=1e-4
+            part, _, setting = rest.partition(".")
+            modules = dict(data.get("modules") or {})
+            current = modules.get(part)
+            current = {"train": current} if isinstance(current, str) else dict(current or {})
+            current[setting or "train"] = value
+            modules[part] = current
+            data["modules"] = modules
         else:
             late.append((key, value))
     return data, late
+
+
+def stage_names() -> list[str]:
+    """The stages ``stage:`` accepts: the presets shipped in ``recipes/stages/``."""
+    folder = resources.files("vlmplug.recipes").joinpath("stages")
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(RECIPE_SUFFIXES))
+
+
+def _stage_preset(stage: str) -> dict[str, Any]:
+    """``recipes/stages/STAGE.yaml``: the stage's defaults, as a recipe fragment."""
+    text = resources.files("vlmplug.recipes").joinpath("stages").joinpath(f"{stage}.yaml").read_text(encoding="utf-8")
+    return dict(yaml.safe_load(text) or {})
+
+
+def _with_stage(data: Mapping[str, Any], r: _Resolver) -> dict[str, Any]:
+    """``stage: NAME`` puts the stage's defaults under the recipe: the recipe's own keys win, its
+    ``modules`` entries override the preset's part by part, and a recipe that chooses its PEFT method
+    keeps it (a preset's ``full_fine_tuning`` values apply when that method is full fine-tuning)."""
+    stage = data.get("stage")
+    if stage is None:
+        return dict(data)
+    if stage not in stage_names():
+        names = stage_names()
+        r.problems.append(
+            f"stage: unknown stage {stage!r}{did_you_mean(str(stage), names)}; stages: {', '.join(names)}"
+        )
+        return dict(data)
+    preset = _stage_preset(str(stage))
+    for_full = preset.pop("full_fine_tuning", {}) or {}
+    modules = dict(data.get("modules") or {})
+    chooses = "peft" in data or "use_peft" in data or llm_method(parse_modules(modules, [])[0]) is not None
+    if chooses:
+        preset.pop("peft", None)
+        preset.pop("use_peft", None)
+    full = r.registry.default("peft", {"use_peft": False})
+    peft_raw = data.get("peft")
+    peft_name = peft_raw.get("name") if isinstance(peft_raw, Mapping) else peft_raw
+    if data.get("use_peft") is False or (full is not None and peft_name == full.name):
+        preset.update(for_full)
+    merged = {**preset, **data}
+    if "modules" in preset:
+        merged["modules"] = {**dict(preset["modules"]), **modules}
+    applied = ", ".join(f"{k}: {json.dumps(v)}" for k, v in preset.items() if k not in data or k == "modules")
+    r.notes.append(f"stage: {stage} -> {applied}")
+    return merged
 
 
 def _read_keys(data: Mapping[str, Any], r: _Resolver) -> Draft:
@@ -491,6 +551,38 @@ def _read_keys(data: Mapping[str, Any], r: _Resolver) -> Draft:
         else:
             draft.flat[key] = value
     return draft
+
+
+def _select_from_modules(draft: Draft, r: _Resolver) -> None:
+    """``modules:`` is checked; an ``llm.train`` naming a PEFT method selects it (``full`` / ``frozen``:
+    the family's default for full fine-tuning, unless the recipe names a method)."""
+    plans, problems = parse_modules(draft.core.get("modules"), r.registry.names("peft"))
+    r.problems.extend(problems)
+    draft.core["modules"] = {part: plan.to_dict() for part, plan in plans.items()}
+    train = plans["llm"].train if "llm" in plans else None
+    if train is None:
+        return
+    chosen = draft.single_raw.get("peft")
+    if train in ("full", "frozen"):
+        if chosen is None and draft.core.get("use_peft") is None:
+            draft.core["use_peft"] = False
+        return
+    if chosen is not None and chosen[0] != train:
+        r.problems.append(f"modules.llm.train: '{train}' but the recipe's {chosen[2]} chooses '{chosen[0]}'; keep one")
+        return
+    draft.single_raw["peft"] = (train, chosen[1] if chosen else {}, chosen[2] if chosen else "modules.llm.train")
+
+
+def _check_modules(draft: Draft, r: _Resolver) -> None:
+    """A frozen LLM leaves nothing for an adapter method to train there."""
+    llm = (draft.core.get("modules") or {}).get("llm", {})
+    peft = draft.single.get("peft")
+    full = r.registry.default("peft", {"use_peft": False})
+    if llm.get("train") == "frozen" and peft is not None and full is not None and peft.spec.name != full.name:
+        r.problems.append(
+            f"modules.llm.train: frozen, but PEFT method '{peft.spec.name}' trains the LLM; "
+            f"use '{full.name}' (modules freeze or train each part) or unfreeze the llm"
+        )
 
 
 def _select_single(draft: Draft, r: _Resolver) -> None:
@@ -526,6 +618,8 @@ def _select_from_pretrained(draft: Draft, r: _Resolver) -> None:
     r.notes.append(f"model: {model} is a {found['format']} checkpoint: the run starts from its weights")
     for fam, raw in found["components"].items():
         name, opts = r.split_entry(raw, f"model ({fam})")
+        for recorded in ("provider", "version", "label"):  # what the manifest records beside the options
+            opts.pop(recorded, None)
         spec = r.lookup(name, fam, f"model: {model} ({found['format']})") if name else None
         if spec is None:
             continue
@@ -885,8 +979,9 @@ def resolve(
     """Resolve a recipe mapping into a :class:`ResolvedRecipe`, or raise one ConfigError with all problems."""
     r = _Resolver(registry, host)
     data, late_sets = _split_sets(data, list(sets), r)
-    draft = _read_keys(data, r)
+    draft = _read_keys(_with_stage(data, r), r)
     draft.late_sets = late_sets
+    _select_from_modules(draft, r)
     _select_single(draft, r)
     _select_from_pretrained(draft, r)
     _activate_flat_keys(draft, r)
@@ -896,4 +991,5 @@ def resolve(
     _select_datasets(draft, r)
     _distribute_owned_keys(draft, r)
     _apply_late_sets(draft, r)
+    _check_modules(draft, r)
     return _finish(draft, r, source, check_deps)

@@ -36,18 +36,7 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "vision_encoder": (),
     "connector": (),
     "fusion": (),
-    "peft": (
-        _planned(
-            "qlora",
-            flat_keys=(
-                "load_in_4bit",
-                "load_in_8bit",
-                "bnb_4bit_compute_dtype",
-                "bnb_4bit_use_double_quant",
-                "bnb_4bit_quant_type",
-            ),
-        ),
-    ),
+    "peft": (),
     "dataset_format": (
         _planned("llava"),
         _planned("sharegpt"),
@@ -56,12 +45,8 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
         _planned("document", flat_keys=("augmentation",)),
     ),
     "optimizer_stack": (
-        _planned("flash-attention", activated_by={"attn_implementation": ("flash_attention_2", "flash_attention_3")}),
-        _planned("liger", flat_keys=("use_liger",)),
         _planned("packing", flat_keys=("packing",)),
-        _planned("adamw-8bit"),
-        _planned("deepspeed-zero3", flat_keys=("deepspeed",)),
-        _planned("fsdp", flat_keys=("fsdp",)),
+        _planned("fsdp", flat_keys=("fsdp", "fsdp_config")),
     ),
     "evaluator": (
         _planned("textvqa"),

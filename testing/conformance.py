@@ -313,7 +313,7 @@ def _check_peft(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str, Any]
     ctx = tiny.make_ctx()
     method = _build(spec, options, ctx)
     assert isinstance(method.model_load_kwargs(), dict)
-    vlm = tiny.make_vlm(tok, ctx)
+    vlm = tiny.make_vlm(tok, ctx, llm_load_kwargs=method.model_load_kwargs())
     torch.manual_seed(3)
     vlm = method.apply(vlm)
     n_train = sum(p.numel() for p in vlm.parameters() if p.requires_grad)

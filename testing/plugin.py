@@ -59,11 +59,18 @@ def tiny_vlm(tiny_tokenizer: Any, tiny_ctx: Any) -> Any:
 
 @pytest.fixture
 def run_recipe(tmp_path: Any) -> Any:
-    """``run_recipe(recipe, steps=2, plugins=(), **sets)``: a real training run on tiny models."""
+    """``run_recipe(recipe, steps=2, plugins=(), output_dir=None, **sets)``: a real training run on tiny
+    models, in ``tmp_path/run`` (``run-2``, ``run-3``, ... for more runs in one test) unless given."""
     from . import run_recipe as _run
 
-    def runner(recipe: Any = None, steps: int = 2, plugins: tuple[str, ...] = (), **sets: Any) -> Any:
-        return _run(recipe, steps=steps, plugins=plugins, output_dir=tmp_path / "run", **sets)
+    runs = []
+
+    def runner(
+        recipe: Any = None, steps: int = 2, plugins: tuple[str, ...] = (), output_dir: Any = None, **sets: Any
+    ) -> Any:
+        runs.append(recipe)
+        out = output_dir or tmp_path / ("run" if len(runs) == 1 else f"run-{len(runs)}")
+        return _run(recipe, steps=steps, plugins=plugins, output_dir=out, **sets)
 
     return runner
 

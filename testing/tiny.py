@@ -161,8 +161,11 @@ def make_vlm(
     connector_options: dict[str, Any] | None = None,
     fusion: Any = "interleaved",
     fusion_options: dict[str, Any] | None = None,
+    llm_load_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """A tiny encoder -> connector -> fusion into the tiny Llama; no PEFT applied yet.
+    ``llm_load_kwargs`` (a PEFT method's ``model_load_kwargs()``, e.g. a quantization config): the LLM
+    goes through ``from_pretrained`` with them, as a run loads it.
 
     ``encoder``, ``connector`` and ``fusion`` are component specs or installed names; each is built
     with its ``test_options`` (tiny, offline) updated by the ``*_options`` given. The default is tiny
@@ -174,6 +177,10 @@ def make_vlm(
     else:
         tower = build(enc_spec, ctx, {**enc_spec.test_options, **(encoder_options or {})})
     llm = make_llm(tokenizer, seed=seed + 1)
+    if llm_load_kwargs:
+        from vlmplug.train.llm import reload_llm
+
+        llm = reload_llm(llm, llm_load_kwargs, torch.float32)
     conn = make_connector(conn_spec, ctx, tower, llm, connector_options, seed=seed + 2, vocab_size=len(tokenizer))
     fusion_obj = build(fusion_spec, ctx, {**fusion_spec.test_options, **(fusion_options or {})})
     torch.manual_seed(seed + 3)

@@ -36,6 +36,11 @@ BUILTINS = {
     "shapes",
     "gradient-checkpointing",
     "mixed-precision",
+    "qlora",
+    "flash-attention",
+    "liger",
+    "adamw-8bit",
+    "deepspeed-zero3",
     "vqa",
 }
 
@@ -177,9 +182,9 @@ def test_info_unknown_component_did_you_mean() -> None:
 
 
 def test_info_roadmap_component() -> None:
-    res = invoke("info", "qlora")
+    res = invoke("info", "textvqa")
     assert res.exit_code != 0
-    assert "'qlora' (PEFT method) is on the vlmplug roadmap" in flat(res.output)
+    assert "'textvqa' (evaluator) is on the vlmplug roadmap" in flat(res.output)
 
 
 def test_recipes() -> None:
@@ -510,3 +515,28 @@ def test_library_warnings_stay_off_the_console_and_go_to_the_log(tmp_path: Path)
     assert "Warning" not in console and "warn(" not in console, console[-3000:]
     log = [json.loads(line) for line in (tmp_path / "run" / "train.log").read_text().splitlines()]
     assert any(e["logger"] == "py.warnings" for e in log), "no library warning reached the log"
+
+
+def test_config_params_prints_the_table_per_module() -> None:
+    res = invoke("config", "full-tiny", "--params", "--set", "datasets.0.num_samples=64")
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    assert "parameters per module" in out
+    for row in ("vision_encoder", "connector", "llm", "all"):
+        assert row in out
+    assert "frozen" in out and "0.002" in out  # the tower frozen, the projection at its own rate
+
+
+def test_config_of_a_multi_stage_recipe_prints_every_stage() -> None:
+    res = invoke("config", "stages-tiny")
+    assert res.exit_code == 0, res.output
+    out = flat(res.output)
+    for label in ("stages-tiny-1-align", "stages-tiny-2-instruct", "stages-tiny-3-task"):
+        assert label in out
+    assert "qlora" in out and "stage: align ->" in out
+
+
+def test_config_of_a_multi_stage_recipe_names_the_stage_of_a_problem() -> None:
+    res = CliRunner().invoke(cli, ["config", "stages-tiny", "--set", "learning_rat=1"])
+    assert res.exit_code != 0
+    assert "stage 1-align: --set learning_rat: unknown key" in flat(res.output)

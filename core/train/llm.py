@@ -16,7 +16,15 @@ from typing import Any
 
 from vlmplug.errors import ConfigError
 
-__all__ = ["PRESETS", "TINY_CHAT_TEMPLATE", "build_tiny_tokenizer", "load_tokenizer", "load_llm", "vocab_needed"]
+__all__ = [
+    "PRESETS",
+    "TINY_CHAT_TEMPLATE",
+    "build_tiny_tokenizer",
+    "load_tokenizer",
+    "load_llm",
+    "reload_llm",
+    "vocab_needed",
+]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-llama": dict(
@@ -126,8 +134,8 @@ def load_llm(
         llm = LlamaForCausalLM(cfg).to(dtype)
         llm.generation_config.pad_token_id = tokenizer.pad_token_id
         llm.generation_config.eos_token_id = tokenizer.eos_token_id
-        return llm, True
-    llm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **attn, **load_kwargs, **hub_kwargs)
+        return (reload_llm(llm, load_kwargs, dtype) if load_kwargs else llm), True
+    llm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **{**attn, **load_kwargs}, **hub_kwargs)
     _check_overrides(overrides, llm.config, model)
     for key, value in overrides.items():
         setattr(llm.config, key, value)
@@ -160,3 +168,25 @@ def _check_overrides(overrides: dict[str, Any], config: Any, model: str) -> None
             ],
             header="model_config",
         )
+
+
+def reload_llm(llm: Any, load_kwargs: dict[str, Any], dtype: Any) -> Any:
+    """``llm`` loaded again through ``from_pretrained`` with ``load_kwargs`` (a quantization config,
+    an attention kernel), for an LLM that did not come from ``from_pretrained`` (a preset built from its
+    config, the merged LLM of a finished stage). Its weights go to a temporary folder that lives as long
+    as the returned model: a method that must save the base at full precision (QLoRA) reads them there
+    (``config._name_or_path``)."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tempfile.mkdtemp(prefix="vlmplug-llm-")
+    llm.save_pretrained(folder)
+    kernel = getattr(llm.config, "_attn_implementation", None)  # not in the saved config: keep it
+    kwargs = {"attn_implementation": kernel, **load_kwargs} if kernel else dict(load_kwargs)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    reloaded.generation_config = llm.generation_config
+    weakref.finalize(reloaded, shutil.rmtree, folder, True)
+    return reloaded

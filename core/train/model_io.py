@@ -19,7 +19,7 @@ from vlmplug.errors import ConfigError
 
 from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_dtype
 from .hardware import Hardware
-from .llm import load_llm
+from .llm import load_llm, reload_llm
 from .vlm import MANIFEST, unique_tensors
 
 __all__ = ["load", "find_model_dir", "read_manifest", "selections_from_manifest"]
@@ -110,11 +110,14 @@ def _same_attention(llm: Any, attn: str) -> None:
         base.set_attn_implementation(attn)
 
 
-def load(path: str | Path, *, host: Any = None, device: str | None = None) -> Any:
+def load(
+    path: str | Path, *, host: Any = None, device: str | None = None, llm_load_kwargs: dict[str, Any] | None = None
+) -> Any:
     """Load a saved vlmplug model (a run directory or its ``model/``) for inference.
 
     Returns the :class:`~vlmplug.train.vlm.VisionLanguageModel` in eval mode, with ``tokenizer``,
-    ``tokens_per_image`` and ``manifest`` attached."""
+    ``tokens_per_image`` and ``manifest`` attached. ``llm_load_kwargs`` (e.g. a quantization config, for
+    a next stage under QLoRA): the LLM is merged with its adapters and loaded again with them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vlmplug.manager import load as load_plugins
@@ -138,6 +141,7 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
     if "vision_encoder" in parts:
         _load_state(tower, model_dir / parts["vision_encoder"])
     files = manifest.get("llm_files", {"llm": "llm"})
+    peft = build_component(single["peft"], ctx) if "peft" in single else None
 
     def load_base() -> Any:
         return load_llm(
@@ -145,17 +149,35 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
             tokenizer,
             dtype=llm_dtype(core),
             overrides=dict(core.get("model_config") or {}),
-            load_kwargs={},
+            load_kwargs=peft.model_load_kwargs() if peft is not None else {},
             hub_kwargs=ctx.hub_kwargs,
             attn_implementation=core["attn_implementation"],
             image_token=core["image_token"],
         )[0]
 
-    peft = build_component(single["peft"], ctx) if "peft" in single else None
     if peft is not None:
         llm = peft.load_llm(str(model_dir), files, load_base)
     else:
         llm = AutoModelForCausalLM.from_pretrained(model_dir / files["llm"], dtype=llm_dtype(core), **ctx.hub_kwargs)
+    vlm = _assemble_saved(model_dir, single, core, ctx, tokenizer, tower, llm)
+    vlm.peft_method = peft
+    if llm_load_kwargs:
+        if peft is not None:
+            vlm = peft.merge(vlm)
+        llm = reload_llm(vlm.llm, llm_load_kwargs, llm_dtype(core))
+        vlm = _assemble_saved(model_dir, single, core, ctx, tokenizer, tower, llm)
+        vlm.peft_method = None
+    vlm.manifest = manifest
+    if device is not None:
+        vlm.to(device)
+    return vlm.eval()
+
+
+def _assemble_saved(
+    model_dir: Path, single: dict[str, Any], core: dict[str, Any], ctx: Any, tokenizer: Any, tower: Any, llm: Any
+) -> Any:
+    """The model around ``llm`` and ``tower``, with the saved connector and fusion weights."""
+    parts = read_manifest(model_dir).get("parts", {})
     _same_attention(llm, core.get("attn_implementation", "auto"))
     fusion = build_component(single["fusion"], ctx)
     vlm = assemble_model(
@@ -164,8 +186,4 @@ def load(path: str | Path, *, host: Any = None, device: str | None = None) -> An
     _load_state(vlm.connector, model_dir / parts.get("connector", "connector.safetensors"))
     if "fusion" in parts:
         _load_state(vlm.fusion_modules, model_dir / parts["fusion"])
-    vlm.peft_method = peft
-    vlm.manifest = manifest
-    if device is not None:
-        vlm.to(device)
-    return vlm.eval()
+    return vlm

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from vlmplug.errors import ConfigError, SkipReport, did_you_mean
+from vlmplug.modules import ModulePlan
 from vlmplug.recipe import ResolvedRecipe
 
 from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_load_kwargs, needs
@@ -31,6 +32,7 @@ from .data import EncodedDataset, SampleEncoder, TrainCollator, sample_texts
 from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
 from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
+from .modules import apply_module_plan, module_table
 from .session import Session, open_session
 from .video import VideoOptions
 
@@ -128,6 +130,44 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
     return RunResult(run_dir=s.run_dir, metrics=metrics, model=vlm, tokenizer=tokenizer)
 
 
+def inspect_model(recipe: ResolvedRecipe, host: Any) -> list[dict[str, Any]]:
+    """Build the model as :func:`run` would -- PEFT method, module spec and stack patches applied --
+    without training or writing a run, and return the per-module table (``vlmplug config --params``)."""
+    import contextlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vlmplug-inspect-") as tmp:
+        s = _QuietSession(Path(tmp))
+        ctx = _context(recipe)
+        parts = _build_parts(recipe, ctx, s)  # type: ignore[arg-type]
+        data = _load_data(recipe, ctx)
+        pretrained = _pretrained_dir(recipe, ctx, s, host)  # type: ignore[arg-type]
+        tokenizer = _tokenizer(recipe, data, ctx, s, pretrained)  # type: ignore[arg-type]
+        with contextlib.redirect_stdout(None):
+            _build_model(recipe, parts, tokenizer, ctx, s, host, pretrained)  # type: ignore[arg-type]
+    return list(recipe.runtime["modules"])
+
+
+@dataclass
+class _QuietSession:
+    """What the model-building stages read from a :class:`Session`, for a build that is not a run."""
+
+    run_dir: Path
+    is_main: bool = True
+    world_size: int = 1
+
+    def say(self, message: str) -> None:
+        log.debug(message)
+
+    def wait(self) -> None:
+        return None
+
+    def main_first(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 # -- stages ----------------------------------------------------------------------------------------
 
 
@@ -190,6 +230,8 @@ def _build_parts(recipe: ResolvedRecipe, ctx: BuildContext, s: Session) -> Parts
 def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack: list[Any]) -> Any:
     from transformers import TrainingArguments
 
+    from .trainer import report_targets
+
     args: dict[str, Any] = {
         "output_dir": str(s.run_dir / "checkpoints"),
         "report_to": "none",
@@ -202,6 +244,8 @@ def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack:
         "per_device_train_batch_size": 8,
         "learning_rate": 2e-4,
         "log_level": "warning",
+        "include_num_input_tokens_seen": "non_padding",  # tokens/s: the attention mask's ones
+        "run_name": s.run_dir.name,  # the trackers' name for the run
     }
     args.update(recipe.training)
     valid = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -214,6 +258,7 @@ def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack:
     args.update(recipe.training_args)
     for comp in stack:
         args = comp.update_training_args(args, ctx.hardware, ctx.note)
+    args["report_to"] = report_targets(args.get("report_to")) or "none"  # a missing tracker fails here
     try:
         built = TrainingArguments(**{k: v for k, v in args.items() if v is not None})
     except (ValueError, TypeError) as e:
@@ -303,8 +348,9 @@ def _build_model(
             load_kwargs=llm_load_kwargs([parts.peft, *parts.stack]),
         )
     else:
-        vlm = _load_pretrained(recipe, pretrained, host)
+        vlm = _load_pretrained(recipe, pretrained, host, llm_load_kwargs([parts.peft, *parts.stack]))
     vlm = parts.peft.apply(vlm)
+    vlm = apply_module_plan(vlm, module_plans(recipe))
     for comp in parts.stack:
         vlm = comp.patch_model(vlm)
     trainable, total = vlm.trainable_parameters()
@@ -312,17 +358,33 @@ def _build_model(
         f"  model: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable "
         f"({100 * trainable / max(total, 1):.1f}%), {vlm.tokens_per_image} tokens/image"
     )
+    rows = module_table(vlm, parts.train_args.learning_rate, recipe.single["peft"].name)
+    recipe.runtime["modules"] = rows
+    s.say("  " + "; ".join(f"{r['part']}: {_row_text(r)}" for r in rows))
     host.notify("on_model_built", model=vlm, recipe=recipe)
     return vlm
 
 
-def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any) -> Any:
-    """The saved model, adapters merged, ready for the recipe's PEFT method; it will be saved
-    self-contained (tower and base LLM included), since its weights are no hub checkpoint's."""
+def module_plans(recipe: ResolvedRecipe) -> dict[str, ModulePlan]:
+    """The recipe's resolved ``modules:`` spec as plans."""
+    return {part: ModulePlan(**plan) for part, plan in (recipe.core.get("modules") or {}).items()}
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    if not row["trainable"]:
+        return "frozen"
+    what = "full" if row["train"] == "full" else f"{row['train']} ({row['trainable'] / 1e6:.2f}M)"
+    return f"{what} @ lr {row['learning_rate']:g}"
+
+
+def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any, load_kwargs: dict[str, Any]) -> Any:
+    """The saved model, adapters merged, ready for the recipe's PEFT method (its LLM loaded again with
+    ``load_kwargs``, e.g. quantised for QLoRA); it will be saved self-contained (tower and base LLM
+    included), since its weights are no hub checkpoint's."""
     from .assemble import model_manifest
     from .model_io import load, selections_from_manifest
 
-    vlm = load(pretrained, host=host).train()
+    vlm = load(pretrained, host=host, llm_load_kwargs=load_kwargs).train()
     if vlm.peft_method is not None:
         vlm = vlm.peft_method.merge(vlm)
     vlm.peft_method = None
@@ -394,6 +456,7 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
                     data.train, encoder, "datasets", skip, progress=lambda k: progress.advance(task, k)
                 )
             if s.world_size > 1:
+                cache.parent.mkdir(parents=True, exist_ok=True)  # a preset's tokenizer made it; a hub LLM's did not
                 cache.write_text(json.dumps({"items": dataset.items, "skipped": dataset.skipped}))
         else:
             cached = json.loads(cache.read_text())
@@ -467,9 +530,21 @@ def _train(
     host: Any,
     metrics: dict[str, Any],
 ) -> None:
+    import os
+
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .trainer import CurveCallback, LifecycleCallback, RichProgressCallback, TimeBudget, TrainClock, VLMTrainer
+    from .trainer import (
+        METRICS_FILE,
+        CurveCallback,
+        LifecycleCallback,
+        MetricsFile,
+        RichProgressCallback,
+        TimeBudget,
+        TrainClock,
+        VLMTrainer,
+        eval_record,
+    )
 
     args = parts.train_args
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * s.world_size
@@ -482,30 +557,50 @@ def _train(
         metrics["train"] = _train_metrics(state, clock, samples_per_step)
         return
     progress = RichProgressCallback(s.console, clock)
-    callbacks: list[Any] = [clock, LifecycleCallback(host, clock, s.is_main), progress]
+    callbacks: list[Any] = [clock, LifecycleCallback(host, clock, s.is_main)]
+    monitor = MetricsFile(s.run_dir / METRICS_FILE, clock, samples_per_step) if s.is_main else None
+    if monitor is not None:
+        callbacks += [monitor, progress]
     budget = TimeBudget(recipe.core["max_train_seconds"], clock) if recipe.core.get("max_train_seconds") else None
     if budget is not None:
         callbacks.append(budget)
     curve = None
-    if evaluation.enabled and s.is_main and recipe.core.get("eval_every_steps"):
-        curve = CurveCallback(recipe.core["eval_every_steps"], evaluation.curve_point, clock, s.say)
+    if evaluation.enabled and monitor is not None and recipe.core.get("eval_every_steps"):
+        label, write = evaluation.sets[0].label, monitor.write
+        curve = CurveCallback(
+            recipe.core["eval_every_steps"],
+            evaluation.curve_point,
+            clock,
+            s.say,
+            on_point=lambda p: write(eval_record(p["step"], p["train_seconds"], {label: p["metrics"]}, p["samples"])),
+        )
         callbacks.append(curve)
-    trainer = VLMTrainer(
-        model=vlm,
-        args=args,
-        train_dataset=training.dataset,
-        data_collator=training.collator,
-        callbacks=callbacks,
-        optimizers=(_optimizer(recipe, parts, vlm, args), None),
-        clock=clock,
-        on_skipped=training.skips.extend,
-    )
+    tb_env = "TENSORBOARD_LOGGING_DIR"  # read when the Trainer builds its TensorBoardCallback
+    tb_here = "tensorboard" in args.report_to and not os.environ.get(tb_env)
+    if tb_here:
+        os.environ[tb_env] = str(s.run_dir / "tensorboard")
+    try:
+        trainer = VLMTrainer(
+            model=vlm,
+            args=args,
+            train_dataset=training.dataset,
+            data_collator=training.collator,
+            callbacks=callbacks,
+            optimizers=(_optimizer(recipe, parts, vlm, args), None),
+            clock=clock,
+            on_skipped=training.skips.extend,
+        )
+    finally:
+        if tb_here:
+            os.environ.pop(tb_env, None)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     try:
         trainer.train(resume_from_checkpoint=str(s.resume) if s.resume else None)
     finally:
         progress.stop()
+        if monitor is not None:
+            monitor.close()
         _drop_wrappers(trainer)
     metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
     if budget is not None and budget.stopped_at is not None:
@@ -534,7 +629,7 @@ def _optimizer(recipe: ResolvedRecipe, parts: Parts, vlm: Any, args: Any) -> Any
             f"optimizer stack: {', '.join(n for n, _ in built)} each build the optimizer; keep one",
             header="optimizer stack",
         )
-    return built[0][1] if built else None
+    return built[0][1] if built else None  # None: VLMTrainer.create_optimizer (per-module groups)
 
 
 def _checkpoint_state(checkpoint: Path | None) -> dict[str, Any]:
@@ -592,8 +687,11 @@ def _train_metrics(state: Any, clock: Any, samples_per_step: int) -> dict[str, A
 
 
 def _save_model(vlm: Any, s: Session, host: Any) -> None:
+    """The main process writes the model, after every process made a sharded one whole again."""
+    from .distributed import gather_sharded_parameters
     from .trainer import save_atomically
 
+    gather_sharded_parameters(vlm, s.say)
     if s.is_main:
         model_dir = save_atomically(s.run_dir / "model", vlm.save_pretrained)
         host.notify("on_checkpoint_saved", path=str(model_dir))
@@ -660,7 +758,11 @@ def _write_outputs(
     status: str,
     t_start: float,
 ) -> None:
-    """metrics.json, resolved_recipe.yaml and run.json -- also when the run failed part-way."""
+    """metrics.json, resolved_recipe.yaml and run.json -- also when the run failed part-way -- then the
+    final evaluation's line in metrics.jsonl and the loss curve drawn from it."""
+    from .curves import write_curves
+    from .trainer import METRICS_FILE, append_metrics_line, eval_record, read_metrics_lines
+
     skips = _gather_skips(training.skips, s)
     tokenized_on = _gather(s, training.encoded_here)
     if not s.is_main:
@@ -678,14 +780,26 @@ def _write_outputs(
     (s.run_dir / "resolved_recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     (s.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     s.mark(status)
+    records = read_metrics_lines(s.run_dir / METRICS_FILE)
+    train_records = [r for r in records if r.get("type") == "train"]
+    if "after" in metrics and "train" in metrics:
+        step = metrics["train"]["steps"]
+        if not any(r.get("type") == "eval" and r.get("final") and r.get("step") == step for r in records):
+            final = eval_record(step, metrics["train"]["wall_time_s"], metrics["after"], final=True)
+            append_metrics_line(s.run_dir / METRICS_FILE, final)
+    files = ["model/", "metrics.json"] + ([METRICS_FILE] if records else [])
+    if train_records:
+        try:
+            keys = [f"{name}/{ev.primary_metric}" for name, ev in evaluation.evaluators]
+            files.append(write_curves(s.run_dir, train_records, metrics.get("curve", []), keys).name)
+        except Exception as e:  # a drawing problem must not hide the run's outcome
+            log.warning("loss curve not written: %s: %s", type(e).__name__, e)
+    files += ["resolved_recipe.yaml", "train.log"] + (["tensorboard/"] if (s.run_dir / "tensorboard").is_dir() else [])
     if status == "finished":
         _summary(s, metrics, evaluation)
         for line in skips.lines() + evaluation.skips.lines():
             s.say(f"  [yellow]skipped[/] {line}")
-        s.say(
-            f"saved to {s.run_dir} (model/, metrics.json, resolved_recipe.yaml, train.log) "
-            f"in {metrics['wall_time_s']:.0f}s"
-        )
+        s.say(f"saved to {s.run_dir} ({', '.join(files)}) in {metrics['wall_time_s']:.0f}s")
 
 
 def _gather(s: Session, value: Any) -> list[Any]:

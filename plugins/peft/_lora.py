@@ -18,6 +18,7 @@ class LoraMethod:
     def __init__(self, config: Any):
         self.config = config
         self._base_state: dict[str, torch.Tensor] | None = None
+        self.saves_base = False
 
     def model_load_kwargs(self) -> dict[str, Any]:
         return {}
@@ -27,7 +28,8 @@ class LoraMethod:
 
         c = self.config
         if vlm.manifest.get("save_llm_base"):  # a base no hub id reproduces (random init, a pretrained VLM's)
-            self._base_state = {k: v.detach().clone() for k, v in vlm.llm.state_dict().items()}
+            self._capture_base(vlm)
+            self.saves_base = True
         for p in vlm.parameters():
             p.requires_grad_(False)
         target = c.lora_target_modules
@@ -57,13 +59,21 @@ class LoraMethod:
         directory = Path(directory)
         vlm.llm.save_pretrained(directory / "adapter")
         written = {"adapter": "adapter"}
-        if self._base_state is not None:
-            base = vlm.llm.get_base_model()
-            fresh = type(base)(base.config)
-            fresh.load_state_dict(self._base_state)
-            fresh.save_pretrained(directory / "llm_base")
+        if self.saves_base:
+            self.save_base(vlm, directory)
             written["llm_base"] = "llm_base"
         return written
+
+    def _capture_base(self, vlm: Any) -> None:
+        """Keep the base weights as they are before training (``modules_to_save`` would change them)."""
+        self._base_state = {k: v.detach().clone() for k, v in vlm.llm.state_dict().items()}
+
+    def save_base(self, vlm: Any, directory: Path) -> None:
+        """Write the untrained base LLM to ``directory/llm_base``."""
+        base = vlm.llm.get_base_model()
+        fresh = type(base)(base.config)
+        fresh.load_state_dict(self._base_state)
+        fresh.save_pretrained(directory / "llm_base")
 
     def load_llm(self, directory: str, files: Mapping[str, str], load_base: Callable[[], Any]) -> Any:
         """The base (``llm_base/`` for a preset, else the model the run started from) with the adapter."""

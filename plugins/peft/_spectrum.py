@@ -24,8 +24,9 @@ SELECTION_DIR = "spectrum"
 
 
 class SpectrumMethod(FullFineTuning):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, ctx: Any = None):
         self.config = config
+        self.ctx = ctx
         self.freeze: set[str] = set()
         #: part -> the SNR scan it was selected from (empty when the LLM came from a YAML)
         self.snr: dict[str, dict[str, dict[str, Any]]] = {}
@@ -39,8 +40,19 @@ class SpectrumMethod(FullFineTuning):
         scores = snr_lib.read_snr(c.snr_results) if c.snr_results else snr_lib.scan(llm)
         self.snr["llm"] = scores
         selection = snr_lib.select(scores, c.top_percent)
+        self._note_empty_types(scores, selection, c.top_percent)
         head = list(snr_lib.EMBEDDING_PATTERNS) if c.train_embeddings else []
         return head + [name for names in selection.values() for name in names]
+
+    def _note_empty_types(self, scores: Any, selection: dict[str, list[str]], top_percent: float) -> None:
+        """The reference floors ``count * top_percent / 100``: with few layers a type may get none."""
+        empty = sorted(t for t, names in selection.items() if not names)
+        if empty and self.ctx is not None:
+            self.ctx.note(
+                f"spectrum: top_percent {top_percent:g} keeps no layer of {len(empty)} of {len(selection)} weight "
+                f"types ({', '.join(empty[:4])}{', ...' if len(empty) > 4 else ''}): the reference floors "
+                f"layers x percent; raise top_percent to train them"
+            )
 
     def _part_patterns(self, part: str, module: nn.Module, top_percent: float) -> list[str]:
         if top_percent <= 0:
@@ -98,4 +110,4 @@ class SpectrumMethod(FullFineTuning):
 
 
 def build(config: Any, ctx: Any) -> SpectrumMethod:
-    return SpectrumMethod(config)
+    return SpectrumMethod(config, ctx)

@@ -12,8 +12,10 @@ from vlmplug.manager import load
 
 CORE = Path(__file__).resolve().parents[2] / "core"
 FIELDS = ("accuracy", "yes_ratio", "question_type", "per_type", "answers")
-#: The canonical sample's keys are the core's own data contract, even where a component shares the name.
-CANONICAL = {"messages", "images", "videos"}
+#: The canonical sample's keys are the core's own data contract, even where a component shares the name;
+#: ``full`` (with ``frozen``) is a training mode of the per-module spec (``modules: {connector: full}``),
+#: which the core applies itself -- the ``full`` PEFT method is named after it, not the other way round.
+CANONICAL = {"messages", "images", "videos", "full"}
 
 
 def _strings(path: Path) -> list[tuple[int, str]]:

@@ -31,10 +31,15 @@ BUILTIN_COMPONENTS = {
     "full": "peft",
     "lora": "peft",
     "spectrum": "peft",
+    "qlora": "peft",
     "messages": "dataset_format",
     "shapes": "dataset_format",
     "gradient-checkpointing": "optimizer_stack",
     "mixed-precision": "optimizer_stack",
+    "flash-attention": "optimizer_stack",
+    "liger": "optimizer_stack",
+    "adamw-8bit": "optimizer_stack",
+    "deepspeed-zero3": "optimizer_stack",
     "vqa": "evaluator",
 }
 
@@ -251,7 +256,10 @@ def test_disabled_component_is_unknown_to_recipes(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError) as e:
         resolve(data, h.registry, host=h, plugins=["lora"])
     (msg,) = e.value.problems
-    prefix, suffix = "--plugins: unknown component 'lora'; choose from: ", " (run `vlmplug list`)"
+    prefix, suffix = (
+        "--plugins: unknown component 'lora' (did you mean 'qlora'?); choose from: ",
+        " (run `vlmplug list`)",
+    )
     assert msg.startswith(prefix) and msg.endswith(suffix)
     choices = msg[len(prefix) : -len(suffix)].split(", ")
     assert set(choices) == {s.name for s in h.registry if not s.planned} and "lora" not in choices

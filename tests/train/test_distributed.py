@@ -8,15 +8,14 @@ global step k holds exactly the samples of single-process step k with batch 2b."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from vlmplug.testing import TINY_RECIPE
+from vlmplug.testing.launch import logged_losses, train_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -24,46 +23,10 @@ STEPS = 6
 
 
 def _train(recipe: Path, out: Path, batch: int, processes: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "VLMPLUG_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    args = [
-        "-m",
-        "vlmplug",
-        "train",
-        str(recipe),
-        "--output-dir",
-        str(out),
-        "--set",
-        f"per_device_train_batch_size={batch}",
-    ]
-    if processes > 1:
-        env["ACCELERATE_USE_CPU"] = "true"
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "0",
-            *args,
-        ]
-    else:
-        cmd = [sys.executable, *args]
-    out_ = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert out_.returncode == 0, out_.stderr[-4000:]
-    return out_
+    return train_subprocess(recipe, out, processes=processes, sets=[f"per_device_train_batch_size={batch}"])
 
 
-def _losses(run: Path) -> list[tuple[int, float]]:
-    lines = [json.loads(line) for line in (run / "train.log").read_text().splitlines()]
-    return [(e["step"], e["loss"]) for e in lines if "loss" in e]
+_losses = logged_losses
 
 
 def test_two_processes_give_the_single_process_curve_and_one_set_of_outputs(tmp_path: Path) -> None:
