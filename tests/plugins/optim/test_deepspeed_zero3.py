@@ -145,7 +145,8 @@ def test_a_lower_stage_is_noted(tiny: Any) -> None:
 
 def test_outside_a_run_the_process_environment_is_left_alone(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so what launch_setup sets is undone after the test
+        monkeypatch.delenv(var)
     _update(tiny)
     assert "RANK" not in os.environ and "LOCAL_RANK" not in os.environ
 
@@ -154,7 +155,8 @@ def test_in_a_run_without_a_launcher_one_process_is_described(monkeypatch: pytes
     from vlmplug.plugins.optim._deepspeed_zero3 import launch_setup
 
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so what launch_setup sets is undone after the test
+        monkeypatch.delenv(var)
     notes: list[str] = []
     assert launch_setup(CPU, notes.append) == {}
     assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("0", "0", "1")
