@@ -35,7 +35,16 @@ METHODS = ("lora", "qlora")
 
 
 def _current_rss_mib() -> float | None:
-    """The process's resident memory now (Linux ``/proc``), after the run's model was kept."""
+    """The process's resident memory now (Linux ``/proc``), the run's model kept, after garbage
+    collection and ``malloc_trim`` (glibc otherwise keeps freed heap, e.g. the loading buffers)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
