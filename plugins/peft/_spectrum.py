@@ -96,7 +96,7 @@ class SpectrumMethod(FullFineTuning):
         out = Path(directory) / SELECTION_DIR
         out.mkdir(parents=True, exist_ok=True)
         for part, scores in self.snr.items():
-            snr_lib.write_results(scores, out, part, self._budget(part))
+            snr_lib.write_results(scores, out, part, self._budget(part), embeddings=part == "llm")
         lines = ["unfrozen_parameters:", *(f"- {p}" for p in self.patterns.get("llm", []))]
         (out / "llm_unfrozen_parameters.yaml").write_text("\n".join(lines) + "\n")
         return {**written, "spectrum": SELECTION_DIR}

@@ -54,7 +54,7 @@ def scan_command(
             task = progress.add_task(f"SNR of {label}", total=len(types))
             scores = snr_lib.scan(module, types, progress=lambda _t, task=task: progress.advance(task))
         name = model if label == "llm" else f"{model}-{label}"
-        paths = snr_lib.write_results(scores, out_dir, name, budget)
+        paths = snr_lib.write_results(scores, out_dir, name, budget, embeddings=label == "llm")
         kept = sum(len(v) for v in snr_lib.select(scores, budget).values())
         console.print(f"{label}: {len(scores)} layers scanned, {kept} kept at {budget:g}% -> {paths['unfrozen']}")
 

@@ -140,9 +140,15 @@ def unfrozen_yaml(selection: Mapping[str, list[str]], embeddings: bool = True) -
 
 
 def write_results(
-    snr: Mapping[str, Mapping[str, Any]], out_dir: str | Path, model_name: str, top_percent: float
+    snr: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    model_name: str,
+    top_percent: float,
+    embeddings: bool = True,
 ) -> dict[str, Path]:
-    """Write the three reference files for ``model_name`` into ``out_dir``; return their paths."""
+    """Write the three reference files for ``model_name`` into ``out_dir``; return their paths.
+    ``embeddings``: the YAML starts with the LLM's embedding and head patterns, as the reference's
+    does (``False`` for a connector or vision tower, which have neither)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = f"snr_results_{slug(model_name)}"
@@ -158,7 +164,7 @@ def write_results(
         by_type.setdefault(info["type"], []).append((name, info["snr"]))
     ordered = {t: dict(sorted(layers, key=lambda x: x[1], reverse=True)) for t, layers in by_type.items()}
     paths["sorted"].write_text(json.dumps(ordered, indent=4))
-    paths["unfrozen"].write_text(unfrozen_yaml(select(plain, top_percent)))
+    paths["unfrozen"].write_text(unfrozen_yaml(select(plain, top_percent), embeddings))
     return paths
 
 

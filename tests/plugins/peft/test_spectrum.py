@@ -249,3 +249,26 @@ def test_a_run_saves_the_selection_and_reloads(run_recipe):
     loaded = vlmplug.load(result.run_dir)
     for (name, a), (_, b) in zip(result.model.llm.state_dict().items(), loaded.llm.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_scan_command_on_a_run_writes_each_parts_own_selection(run_recipe, tmp_path):
+    """The connector's and vision tower's YAMLs select only their own layers (the embedding and head
+    patterns belong to the LLM's file alone), and applying each YAML matches parameters of that part."""
+    from vlmplug.cli import cli
+    from vlmplug.manager import load
+
+    load().register_commands(cli=cli)
+    result = run_recipe(steps=1, eval_datasets=[], evaluators=[])
+    out = tmp_path / "scan"
+    budgets = ["--top-percent", "50", "--connector-top-percent", "50", "--vision-top-percent", "50"]
+    res = CliRunner().invoke(cli, ["spectrum", "scan", str(result.run_dir), *budgets, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    yamls = {p.name: snr_lib.read_patterns(p) for p in out.glob("*_unfrozenparameters_50percent.yaml")}
+    assert len(yamls) == 3
+    modules = {"-connector_": result.model.connector, "-vision-encoder_": result.model.vision_encoder}
+    for name, patterns in yamls.items():
+        part = next((m for key, m in modules.items() if key in name), result.model.llm)
+        has_head = any("lm_head" in p for p in patterns)
+        assert has_head == (part is result.model.llm), name
+        names = [n for n, _ in part.named_parameters(remove_duplicate=False)]  # lm_head is tied
+        assert patterns and all(any(re.match(p, n) for n in names) for p in patterns), (name, patterns)
