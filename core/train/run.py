@@ -349,7 +349,10 @@ def _build_model(
         )
     else:
         vlm = _load_pretrained(recipe, pretrained, host, llm_load_kwargs([parts.peft, *parts.stack]))
+    seen = len(ctx.notes)
     vlm = parts.peft.apply(vlm)
+    for note in ctx.notes[seen:]:  # what the method chose or found (e.g. spectrum's selection)
+        s.say(f"  note: {note}")
     vlm = apply_module_plan(vlm, module_plans(recipe))
     for comp in parts.stack:
         vlm = comp.patch_model(vlm)

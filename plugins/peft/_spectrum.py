@@ -46,10 +46,12 @@ class SpectrumMethod(FullFineTuning):
 
     def _note_empty_types(self, scores: Any, selection: dict[str, list[str]], top_percent: float) -> None:
         """The reference floors ``count * top_percent / 100``: with few layers a type may get none."""
-        empty = sorted(t for t, names in selection.items() if not names)
+        embeddings = {"lm_head", "model.embed_tokens"} if self.config.train_embeddings else set()
+        ranked = [t for t in selection if t not in embeddings]  # embeddings and head: train_embeddings
+        empty = sorted(t for t in ranked if not selection[t])
         if empty and self.ctx is not None:
             self.ctx.note(
-                f"spectrum: top_percent {top_percent:g} keeps no layer of {len(empty)} of {len(selection)} weight "
+                f"spectrum: top_percent {top_percent:g} keeps no layer of {len(empty)} of {len(ranked)} weight "
                 f"types ({', '.join(empty[:4])}{', ...' if len(empty) > 4 else ''}): the reference floors "
                 f"layers x percent; raise top_percent to train them"
             )
