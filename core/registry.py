@@ -79,7 +79,8 @@ class ComponentSpec:
         "offers": [...]}`` (light code: it runs when a recipe resolves); overrides ``needs``/``offers``.
     :param test_options: options that build a tiny, offline instance for the conformance kit
         (``vlmplug.testing.check_component``); ``"{messages_jsonl}"`` and ``"{tmp}"`` in a string value
-        become a small canonical JSONL file the kit writes, and a temporary directory.
+        become a small canonical JSONL file the kit writes, and a temporary directory
+        (``"{llava_json}"``: the same rows in LLaVA-Instruct's layout).
     :param family: set by the registry from the hook that registered the spec.
     """
 

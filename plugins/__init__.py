@@ -24,6 +24,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.peft.qlora",
     "vlmplug.plugins.datasets.messages",
     "vlmplug.plugins.datasets.shapes",
+    "vlmplug.plugins.datasets.llava",
+    "vlmplug.plugins.datasets.sharegpt",
     "vlmplug.plugins.optim.gradient_checkpointing",
     "vlmplug.plugins.optim.mixed_precision",
     "vlmplug.plugins.optim.flash_attention",

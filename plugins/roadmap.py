@@ -38,8 +38,6 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "fusion": (),
     "peft": (),
     "dataset_format": (
-        _planned("llava"),
-        _planned("sharegpt"),
         _planned("hf"),
         _planned("video"),
         _planned("document", flat_keys=("augmentation",)),

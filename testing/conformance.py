@@ -47,10 +47,27 @@ def _options(spec: Any, tmp: Path) -> dict[str, Any]:
         if isinstance(value, str):
             if "{messages_jsonl}" in value:
                 value = value.replace("{messages_jsonl}", str(_messages_jsonl(tmp)))
+            if "{llava_json}" in value:
+                value = value.replace("{llava_json}", str(_llava_json(tmp)))
             return value.replace("{tmp}", str(tmp))
         return value
 
     return {k: fill(v) for k, v in spec.test_options.items()}
+
+
+def _llava_json(tmp: Path) -> Path:
+    """The rows of :func:`_messages_jsonl` in LLaVA-Instruct's layout (one JSON list)."""
+    path = tmp / "conformance_llava.json"
+    if not path.exists():
+        names = {"user": "human", "assistant": "gpt", "system": "system"}
+        rows = []
+        for line in _messages_jsonl(tmp).read_text().splitlines():
+            row = json.loads(line)
+            turns = [{"from": names[m["role"]], "value": m["content"]} for m in row.pop("messages")]
+            images = row.pop("images", [])
+            rows.append({**row, "conversations": turns, **({"image": images[0]} if images else {})})
+        path.write_text(json.dumps(rows))
+    return path
 
 
 def _messages_jsonl(tmp: Path) -> Path:

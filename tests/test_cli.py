@@ -34,6 +34,8 @@ BUILTINS = {
     "spectrum",
     "messages",
     "shapes",
+    "llava",
+    "sharegpt",
     "gradient-checkpointing",
     "mixed-precision",
     "qlora",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ def _check(row: Any, where: str) -> str | None:
             return f"{where}: messages[{j}] must have role in {ROLES} and string content, got {m!r:.80}"
     if not any(m["role"] == "assistant" for m in msgs):
         return f"{where}: no assistant message, so there is nothing to learn"
+    empty = [j for j, m in enumerate(msgs) if m["role"] == "assistant" and not m["content"].strip()]
+    if empty:
+        return f"{where}: messages[{empty[0]}] is an empty assistant turn (nothing to learn from it); fill or drop it"
     images = row.get("images", [])
     if isinstance(images, str):
         images = [images]
@@ -89,8 +92,19 @@ def _resolve_video(video: Any, root: Path) -> Any:
     return [_resolve(f, root) for f in video]
 
 
+#: A row converter: ``(row, where) -> (canonical row, None)`` or ``(None, problem)``.
+Convert = Callable[[Any, str], tuple[dict[str, Any] | None, str | None]]
+
+
+def _as_is(row: Any, where: str) -> tuple[Any, str | None]:
+    return row, None
+
+
 class MessagesDataset(Sequence):
-    def __init__(self, config: Any, skip_bad: bool = False):
+    """Records of a JSON / JSONL file, each turned into a canonical sample by ``convert`` (the
+    ``messages`` format reads them as they are), checked up front, with paths made absolute."""
+
+    def __init__(self, config: Any, skip_bad: bool = False, convert: Convert = _as_is):
         self.skipped: list[DataError] = []  # rows dropped under on_bad_sample: skip, reported by the run
         self.path = Path(config.path)
         root = Path(config.image_root) if config.image_root else self.path.parent
@@ -102,7 +116,8 @@ class MessagesDataset(Sequence):
         problems = []
         for n, row in rows:
             where = f"{self.path}:{n}" if label == "line" else f"{self.path} record {n}"
-            problem = _check(row, where)
+            row, problem = convert(row, where)
+            problem = problem or _check(row, where)
             if problem:
                 problems.append(DataError(problem, reason="malformed-row", where=where))
                 continue

@@ -34,6 +34,8 @@ BUILTIN_COMPONENTS = {
     "qlora": "peft",
     "messages": "dataset_format",
     "shapes": "dataset_format",
+    "llava": "dataset_format",
+    "sharegpt": "dataset_format",
     "gradient-checkpointing": "optimizer_stack",
     "mixed-precision": "optimizer_stack",
     "flash-attention": "optimizer_stack",

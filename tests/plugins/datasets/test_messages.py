@@ -181,3 +181,13 @@ def test_detect_dataset_format():
     assert messages_plugin.detect_dataset_format(path="x.jsonl", sample=_row()) == "messages"
     assert messages_plugin.detect_dataset_format(path="x.jsonl", sample={"conversations": []}) is None
     assert messages_plugin.detect_dataset_format(path="x.jsonl", sample=None) is None
+
+
+def test_an_empty_assistant_turn_is_a_bad_row_not_silent_training(tiny, tmp_path):
+    rows = [_row(answer="red"), _row(answer=" \n")]
+    path = _write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        _load(tiny, path)
+    assert f"{path}:2: messages[1] is an empty assistant turn" in str(e.value)
+    ds = _load(tiny, path, on_bad_sample="skip")
+    assert len(ds) == 1 and [s.where for s in ds.skipped] == [f"{path}:2"]
