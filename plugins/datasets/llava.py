@@ -42,8 +42,9 @@ def register_dataset_formats(register) -> None:
 
 @hookimpl(trylast=True)
 def detect_dataset_format(path: str, sample: dict[str, Any] | None) -> str | None:
+    """Conversations of ``from`` / ``value`` turns: ``llava`` with an ``image``, else ``sharegpt``."""
     from ._conversations import is_conversation
 
-    if is_conversation(sample) and isinstance(sample, dict) and "image" in sample:
-        return "llava"
-    return None
+    if not is_conversation(sample):
+        return None
+    return "llava" if isinstance(sample, dict) and "image" in sample else "sharegpt"

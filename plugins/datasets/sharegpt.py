@@ -2,11 +2,10 @@
 "system": ...}`` with ``from`` one of human / user, gpt / assistant, system (the layout of ShareGPT,
 ShareGPT4V and LLaMA-Factory's ``sharegpt`` datasets). Images (``images``, or one ``image``) are
 relative to ``image_root`` (default: the file's folder); a top-level ``system`` becomes the system turn.
+Detected (with ``llava``) by ``vlmplug.plugins.datasets.llava``: a conversation record without ``image``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from vlmplug import ComponentSpec, hookimpl
 
@@ -24,10 +23,3 @@ SPEC = ComponentSpec(
 @hookimpl
 def register_dataset_formats(register) -> None:
     register(SPEC)
-
-
-@hookimpl(trylast=True)
-def detect_dataset_format(path: str, sample: dict[str, Any] | None) -> str | None:
-    from ._conversations import is_conversation
-
-    return "sharegpt" if is_conversation(sample) else None
