@@ -68,6 +68,13 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "Bad rows (missing images, wrong <image> counts, over-long): stop with an error, "
         "or skip them and report the count.",
     ),
+    "on_overlength": (
+        Literal["truncate-text", "skip", "error"],
+        "truncate-text",
+        "A training sample longer than max_seq_length (image tokens counted): cut its text from the end, "
+        "never inside an image's tokens (images after the cut are dropped), counted and reported; skip it "
+        "(counted); or stop with an error naming it.",
+    ),
     "output_dir": (str | None, None, "Where the run is written (default runs/<name>)."),
     "overwrite_output_dir": (bool, False, "Allow writing into a non-empty output_dir."),
     "resume_from_checkpoint": (str | None, None, "A checkpoint dir to resume from, or 'last'."),

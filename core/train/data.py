@@ -155,8 +155,11 @@ class SampleEncoder:
         max_instruction_tokens: int = 64,
         video: VideoOptions | None = None,
         video_per_slot: bool = False,
+        on_overlength: str = "error",
     ):
         self.tok = tokenizer
+        #: ``truncate-text``, ``skip`` or ``error``: what :meth:`encode` does with an over-long sample.
+        self.on_overlength = on_overlength
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.tokens_per_image = tokens_per_image
@@ -168,6 +171,8 @@ class SampleEncoder:
         self.video_per_slot = video_per_slot
         self._placeholders = re.compile(f"({re.escape(image_token)}|{re.escape(VIDEO_TOKEN)})")
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        #: Tokens :meth:`encode` cut from its last sample (0: it fit).
+        self.last_truncated = 0
 
     def plan(self, messages: list[dict[str, str]], sample: dict[str, Any], where: str) -> list[list[Any]]:
         """The image slots of a conversation in text order: ``["image", k, [0]]`` for ``images[k]``,
@@ -267,22 +272,47 @@ class SampleEncoder:
             else:
                 out_ids.append(t)
                 out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
-        if len(out_ids) > self.max_seq_length:
-            raise DataError(
-                f"{where}: {len(out_ids)} tokens ({n_images} image(s) x {self.tokens_per_image}) exceed "
-                f"max_seq_length {self.max_seq_length}; raise max_seq_length or set on_bad_sample: skip",
-                reason="too-long",
-                where=where,
-            )
         return out_ids, out_labels
 
+    def _too_long(self, n: int, n_images: int, where: str, fix: str) -> DataError:
+        return DataError(
+            f"{where}: {n} tokens ({n_images} image(s) x {self.tokens_per_image}) exceed max_seq_length "
+            f"{self.max_seq_length}; {fix}",
+            reason="too-long",
+            where=where,
+        )
+
+    def truncate(
+        self, ids: list[int], labels: list[int], slots: list[list[Any]]
+    ) -> tuple[list[int], list[int], list[list[Any]]]:
+        """The first ``max_seq_length`` tokens, cut before an image whose tokens would be split; the
+        slots of images after the cut are dropped with them."""
+        cut = self.max_seq_length
+        starts = [j for j, t in enumerate(ids) if t == self.image_token_id][:: self.tokens_per_image]
+        kept = [b for b in starts if b < cut]
+        if kept and kept[-1] + self.tokens_per_image > cut:  # the cut falls inside the last image's tokens
+            cut = kept.pop()
+        return ids[:cut], labels[:cut], slots[: len(kept)]
+
     def encode(self, sample: dict[str, Any], where: str) -> tuple[list[int], list[int], list[list[Any]]]:
-        """``(input ids, labels, image slots)`` of a training sample (slots: see :meth:`plan`)."""
+        """``(input ids, labels, image slots)`` of a training sample (slots: see :meth:`plan`). An
+        over-long one is cut (``on_overlength: truncate-text``; :attr:`last_truncated` says by how
+        many tokens) or raises a ``too-long`` DataError (``skip`` / ``error``)."""
         slots = self.plan(sample["messages"], sample, where)
         ids, labels = self._tokenize(self.rewrite(sample["messages"], slots), where)
         out_ids, out_labels = self._expand(ids, labels, len(slots), where)
+        self.last_truncated = 0
+        if len(out_ids) > self.max_seq_length:
+            if self.on_overlength != "truncate-text":
+                fix = "raise max_seq_length, or set on_overlength: truncate-text (or skip)"
+                raise self._too_long(len(out_ids), len(slots), where, fix)
+            full = len(out_ids)
+            out_ids, out_labels, slots = self.truncate(out_ids, out_labels, slots)
+            self.last_truncated = full - len(out_ids)
         if all(lb == IGNORE_INDEX for lb in out_labels):
-            raise DataError(f"{where}: no assistant tokens to train on", reason="no-target", where=where)
+            why = " after cutting it to max_seq_length" if self.last_truncated else ""
+            reason = "too-long" if self.last_truncated else "no-target"
+            raise DataError(f"{where}: no assistant tokens to train on{why}", reason=reason, where=where)
         return out_ids, out_labels, slots
 
     def encode_prompt(
@@ -293,7 +323,10 @@ class SampleEncoder:
         slots = self.plan(messages, sample, where)
         text = self._render(self.rewrite(messages, slots), True)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        return self._expand(list(ids), None, len(slots), where)[0], slots
+        out = self._expand(list(ids), None, len(slots), where)[0]
+        if len(out) > self.max_seq_length:
+            raise self._too_long(len(out), len(slots), where, "raise max_seq_length or shorten the prompt")
+        return out, slots
 
     def instructions(self, messages: list[dict[str, str]], slots: list[list[Any]] | None = None) -> list[list[int]]:
         """For each image slot, in order: the token ids of the message it appears in, without the
@@ -325,15 +358,19 @@ class EncodedDataset(torch.utils.data.Dataset):
         progress: Callable[[int], None] | None = None,
         items: list[tuple[int, list[int], list[int], list[list[Any]]]] | None = None,
         skipped: list[dict] | None = None,
+        truncated: list[str] | None = None,
     ):
         self.samples = samples
         self.encoder = encoder
         self.name = name
         self.skip_bad = skip_bad
         self.skipped: list[dict] = [_as_skip(e) for e in getattr(samples, "skipped", [])]
+        #: ``where`` of each sample cut to ``max_seq_length`` (``on_overlength: truncate-text``)
+        self.truncated: list[str] = []
         if items is not None:  # already encoded (e.g. by the main process)
             self.items = items
             self.skipped = list(skipped or [])
+            self.truncated = list(truncated or [])
         else:
             self.items = []
             self._encode(encoder, progress)
@@ -349,13 +386,22 @@ class EncodedDataset(torch.utils.data.Dataset):
                     check_image(ref, where)
                 ids, labels, slots = encoder.encode(sample, where)
             except DataError as e:
-                if not self.skip_bad:
+                if not self._skips(e):
                     raise
                 self.skipped.append(_as_skip(e))
                 continue
+            if encoder.last_truncated:
+                self.truncated.append(where)
             self.items.append((i, ids, labels, slots))
             if progress is not None:
                 progress(1)
+
+    def _skips(self, error: DataError) -> bool:
+        """Whether a sample that failed to encode is skipped: over-long ones by ``on_overlength``
+        (``skip``, or nothing left after ``truncate-text``), the rest by ``on_bad_sample``."""
+        if error.reason == "too-long":
+            return self.encoder.on_overlength != "error"
+        return self.skip_bad
 
     def __len__(self) -> int:
         return len(self.items)
@@ -366,8 +412,8 @@ class EncodedDataset(torch.utils.data.Dataset):
         where = _where(sample, i, self.name)
         images, frames = load_media(sample, slots, where)
         item = {"input_ids": ids, "labels": labels, "images": images, "frames": frames}
-        if self.encoder.with_instructions:
-            item["instruction_ids"] = self.encoder.instructions(sample["messages"], slots)
+        if self.encoder.with_instructions:  # slots cut by truncation lose their instructions too
+            item["instruction_ids"] = self.encoder.instructions(sample["messages"], slots)[: len(slots)]
         return item
 
     def __getitem__(self, k: int) -> dict[str, Any]:

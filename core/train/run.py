@@ -75,6 +75,8 @@ class Training:
     collator: Any
     encoder: SampleEncoder
     skips: SkipReport = field(default_factory=SkipReport)
+    #: ``where`` of each training sample cut to max_seq_length (on_overlength: truncate-text)
+    truncated: list[str] = field(default_factory=list)
     encoded_here: bool = True  # this process tokenised the data (only the main one does)
 
 
@@ -440,6 +442,7 @@ def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEn
         with_instructions=needs(recipe.single["connector"], "instruction"),
         video=VideoOptions(core["max_num_frames"], core["frame_sampling"], float(core["sampling_fps"])),
         video_per_slot=max_frames > 1,
+        on_overlength=core["on_overlength"],
     )
 
 
@@ -460,7 +463,9 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
                 )
             if s.world_size > 1:
                 cache.parent.mkdir(parents=True, exist_ok=True)  # a preset's tokenizer made it; a hub LLM's did not
-                cache.write_text(json.dumps({"items": dataset.items, "skipped": dataset.skipped}))
+                cache.write_text(
+                    json.dumps({"items": dataset.items, "skipped": dataset.skipped, "truncated": dataset.truncated})
+                )
         else:
             cached = json.loads(cache.read_text())
             dataset = EncodedDataset(
@@ -470,6 +475,7 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
                 skip,
                 items=[tuple(i) for i in cached["items"]],
                 skipped=cached["skipped"],
+                truncated=cached["truncated"],
             )
     training = Training(
         dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder, encoded_here=s.is_main
@@ -477,6 +483,12 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
     for comp in parts.stack:
         training.collator = comp.wrap_collator(training.collator)
     training.skips.extend(dataset.skipped)
+    training.truncated = list(dataset.truncated)
+    if dataset.truncated:
+        s.say(
+            f"  [yellow]cut {len(dataset.truncated)} over-long training sample(s) to max_seq_length "
+            f"{recipe.core['max_seq_length']}[/] (on_overlength: truncate-text; first: {dataset.truncated[0]})"
+        )
     if dataset.skipped:
         s.say(
             f"  [yellow]skipped {len(dataset.skipped)} bad training sample(s)[/] (on_bad_sample: skip); "
@@ -774,6 +786,7 @@ def _write_outputs(
     metrics["world_size"] = s.world_size
     metrics["tokenized_on_processes"] = [rank for rank, here in enumerate(tokenized_on) if here]
     metrics["skipped"] = {"train": skips.to_dict(), "eval": evaluation.skips.to_dict()}
+    metrics["truncated"] = {"train": len(training.truncated), "first": training.truncated[:5]}
     if "after" in metrics:
         name, value = evaluation.primary(metrics["after"])
         before = evaluation.primary(metrics["before"])[1] if "before" in metrics else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,7 +151,7 @@ def test_too_long_sample_mentions_max_seq_length(tok):
     msg = str(err.value)
     assert msg.startswith("train.jsonl:2:")
     assert "max_seq_length 40" in msg
-    assert "on_bad_sample: skip" in msg
+    assert "set on_overlength: truncate-text (or skip)" in msg
     # the same sample fits with a larger budget
     ids, _, _ = SampleEncoder(tok, IMAGE, tokens_per_image=64, max_seq_length=200).encode(_sample(), "x")
     assert 40 < len(ids) <= 200
@@ -316,3 +317,78 @@ def test_collator_with_clip_pipeline(tok, encoder, tmp_path):
     n_image_tokens = int((out["input_ids"] == tok.convert_tokens_to_ids(IMAGE)).sum())
     assert n_image_tokens == 3 * T
     assert bool((out["labels"][out["input_ids"] == tok.convert_tokens_to_ids(IMAGE)] == IGNORE_INDEX).all())
+
+
+# -- over-long samples (on_overlength) -------------------------------------------------------------------
+
+
+def _long_sample(n_images=2):
+    """Two images between long texts, and a long answer."""
+    text = " ".join(["What color is the shape?"] * 6)
+    content = "".join(f"{text} {IMAGE}\n" for _ in range(n_images)) + text
+    msgs = [{"role": "user", "content": content}, {"role": "assistant", "content": " ".join(["a red circle"] * 8)}]
+    return {"messages": msgs, "images": [f"img{k}" for k in range(n_images)]}
+
+
+def _full(tok, sample):
+    return SampleEncoder(tok, IMAGE, T, max_seq_length=10_000).encode(sample, "x")
+
+
+@pytest.mark.parametrize("limit", range(20, 134))  # every cut point: before, inside and after each image
+def test_truncation_is_a_prefix_that_never_splits_an_image(tok, limit):
+    """The cut encoding is a prefix of the whole one (same ids, same labels); an image's T tokens are all
+    kept or all dropped, with its slot; and it is as long as it can be without splitting an image."""
+    sample = _long_sample()
+    ids, labels, slots = _full(tok, sample)
+    assert len(ids) > limit
+    enc = SampleEncoder(tok, IMAGE, T, max_seq_length=limit, on_overlength="truncate-text")
+    try:
+        cut_ids, cut_labels, cut_slots = enc.encode(sample, "x")
+    except DataError as e:  # the cut left no answer token: counted as too long
+        assert e.reason == "too-long" and "after cutting it to max_seq_length" in str(e)
+        assert all(lb == IGNORE_INDEX for lb in labels[:limit])
+        return
+    n = len(cut_ids)
+    assert n <= limit and cut_ids == ids[:n] and cut_labels == labels[:n]
+    n_image_tokens = sum(t == enc.image_token_id for t in cut_ids)
+    assert n_image_tokens == T * len(cut_slots) and cut_slots == slots[: len(cut_slots)]
+    assert n == limit or ids[n] == enc.image_token_id  # only an image stops the cut short
+    assert enc.last_truncated == len(ids) - n
+
+
+def test_skip_and_error_policies(tok, tmp_path):
+    sample = _long_sample()
+    for policy, skip_bad in (("skip", False), ("error", True)):
+        enc = SampleEncoder(tok, IMAGE, T, max_seq_length=30, on_overlength=policy)
+        with pytest.raises(DataError) as err:
+            enc.encode(sample, "train.jsonl:3")
+        assert err.value.reason == "too-long"
+        png = str(_png(tmp_path / "a.png"))
+        samples = [_sample(images=[png]), {**sample, "images": [png] * len(sample["images"])}]
+        if policy == "skip":  # skipped and counted even under on_bad_sample: error
+            ds = EncodedDataset(samples, SampleEncoder(tok, IMAGE, T, 60, on_overlength="skip"), "d", skip_bad)
+            assert len(ds) == 1 and [x["reason"] for x in ds.skipped] == ["too-long"]
+        else:  # stops the run even under on_bad_sample: skip
+            with pytest.raises(DataError, match="exceed max_seq_length 60"):
+                EncodedDataset(samples, SampleEncoder(tok, IMAGE, T, 60, on_overlength="error"), "d", skip_bad)
+
+
+def test_a_run_counts_and_reports_what_it_cut(run_recipe, tmp_path):
+    """Samples whose answers run past max_seq_length are cut, not dropped: the run trains on them and
+    reports how many it cut and which, in metrics.json."""
+    import json
+
+    png = _png(tmp_path / "a.png")
+    long = {
+        "messages": [
+            {"role": "user", "content": f"{IMAGE}\nDescribe the shape."},
+            {"role": "assistant", "content": " ".join(["a red circle on a white ground"] * 12)},
+        ],
+        "images": [Path(png).name],
+    }
+    short = {**long, "messages": [long["messages"][0], {"role": "assistant", "content": "a red circle"}]}
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in [long, short] * 4) + "\n")
+    res = run_recipe(None, steps=2, datasets=[{"path": str(tmp_path / "d.jsonl")}], eval_datasets=[], evaluators=[])
+    cut = res.metrics["truncated"]
+    assert cut["train"] == 4 and cut["first"][0] == f"{tmp_path / 'd.jsonl'}:1"
+    assert res.metrics["train_samples"] == 8 and res.metrics["train"]["steps"] == 2
