@@ -61,7 +61,11 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "frames per second, thinned uniformly to max_num_frames).",
     ),
     "sampling_fps": (float, 1.0, "Frames per second of video taken under frame_sampling: fps."),
-    "chat_template": (str | None, None, "A Jinja chat template overriding the tokenizer's."),
+    "chat_template": (
+        str | None,
+        None,
+        "The chat template, overriding the tokenizer's: a built-in by name (llama3, chatml, vicuna) or Jinja.",
+    ),
     "on_bad_sample": (
         Literal["error", "skip"],
         "error",

@@ -573,6 +573,16 @@ def _select_from_modules(draft: Draft, r: _Resolver) -> None:
     draft.single_raw["peft"] = (train, chosen[1] if chosen else {}, chosen[2] if chosen else "modules.llm.train")
 
 
+def _check_chat_template(draft: Draft, r: _Resolver) -> None:
+    """A ``chat_template`` that is a bare word must name a built-in template."""
+    from .chat_templates import template_text
+
+    try:
+        template_text(draft.core.get("chat_template"))
+    except ConfigError as e:
+        r.problems.extend(e.problems)
+
+
 def _check_modules(draft: Draft, r: _Resolver) -> None:
     """A frozen LLM leaves nothing for an adapter method to train there."""
     llm = (draft.core.get("modules") or {}).get("llm", {})
@@ -992,4 +1002,5 @@ def resolve(
     _distribute_owned_keys(draft, r)
     _apply_late_sets(draft, r)
     _check_modules(draft, r)
+    _check_chat_template(draft, r)
     return _finish(draft, r, source, check_deps)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from vlmplug.chat_templates import template_text
 from vlmplug.errors import ConfigError
 
 __all__ = [
@@ -84,7 +85,7 @@ def load_tokenizer(name: str, image_token: str, hub_kwargs: dict[str, Any], chat
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if chat_template:
-        tok.chat_template = chat_template
+        tok.chat_template = template_text(chat_template)
     if not getattr(tok, "chat_template", None):
         raise ConfigError(
             f"tokenizer: '{name}' has no chat template; use an instruct tokenizer "

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vlmplug.chat_templates import template_text
 from vlmplug.errors import ConfigError, SkipReport, did_you_mean
 from vlmplug.modules import ModulePlan
 from vlmplug.recipe import ResolvedRecipe
@@ -309,7 +310,7 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
 
         tokenizer = AutoTokenizer.from_pretrained(pretrained / "tokenizer")
         if core.get("chat_template"):
-            tokenizer.chat_template = core["chat_template"]
+            tokenizer.chat_template = template_text(core["chat_template"])
         return tokenizer
     if core.get("tokenizer") is not None or core["model"] not in PRESETS:
         return load_tokenizer(
@@ -326,7 +327,7 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
 
             tokenizer = AutoTokenizer.from_pretrained(cache)
     if core.get("chat_template"):
-        tokenizer.chat_template = core["chat_template"]
+        tokenizer.chat_template = template_text(core["chat_template"])
     ctx.note(f"tokenizer: BPE with {len(tokenizer)} tokens trained on the run's texts ({core['model']})")
     return tokenizer
 
