@@ -79,6 +79,12 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "never inside an image's tokens (images after the cut are dropped), counted and reported; skip it "
         "(counted); or stop with an error naming it.",
     ),
+    "allow_paths_outside_data": (
+        bool,
+        False,
+        "Let a dataset read images and videos outside its folder (its file's folder, or image_root): "
+        "'../' and absolute paths elsewhere are refused by default.",
+    ),
     "output_dir": (str | None, None, "Where the run is written (default runs/<name>)."),
     "overwrite_output_dir": (bool, False, "Allow writing into a non-empty output_dir."),
     "resume_from_checkpoint": (str | None, None, "A checkpoint dir to resume from, or 'last'."),

@@ -46,6 +46,8 @@ class BuildContext:
     notes: list[str] = field(default_factory=list)
     #: The run's ``max_num_frames`` (frames per video), for connectors that size themselves by it.
     max_num_frames: int = 8
+    #: Whether dataset formats may read files outside their data folder (``allow_paths_outside_data``).
+    allow_paths_outside_data: bool = False
 
     def note(self, message: str) -> None:
         self.notes.append(message)

@@ -90,6 +90,25 @@ def _url(where: str, ref: str) -> DataError:
     )
 
 
+def _bomb(where: str, ref: Any, size: tuple[int, int] | None) -> DataError:
+    limit = Image.MAX_IMAGE_PIXELS
+    dims = f"{size[0]} x {size[1]} pixels" if size else "too many pixels"
+    return DataError(
+        f"{where}: image {str(ref)[:120]} is {dims}, more than PIL's decompression-bomb limit of {limit} "
+        f"(PIL.Image.MAX_IMAGE_PIXELS); resize it, or raise the limit if you trust the file",
+        reason="decompression-bomb",
+        where=where,
+    )
+
+
+def _check_pixels(img: Image.Image, ref: Any, where: str) -> None:
+    """Refuse an image whose header declares more pixels than PIL's bomb limit, before it is decoded
+    (PIL itself only warns below twice the limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.size[0] * img.size[1] > limit:
+        raise _bomb(where, ref, img.size)
+
+
 def load_image(ref: Any, where: str) -> Image.Image:
     """Open an image reference as RGB, or raise a DataError naming ``where``."""
     try:
@@ -103,9 +122,12 @@ def load_image(ref: Any, where: str) -> Image.Image:
             raise _url(where, ref)
         else:
             img = Image.open(ref)
+        _check_pixels(img, ref, where)
         return img.convert("RGB")
     except DataError:
         raise
+    except Image.DecompressionBombError:
+        raise _bomb(where, ref, None) from None
     except FileNotFoundError:
         raise _missing(where, ref) from None
     except Exception as e:
@@ -133,7 +155,11 @@ def check_image(ref: Any, where: str) -> None:
         raise _missing(where, ref)
     try:
         with Image.open(ref) as im:
-            im.size  # noqa: B018 - header parse
+            _check_pixels(im, ref, where)  # the header's size: nothing is decoded here
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise _bomb(where, ref, None) from None
     except Exception as e:
         raise DataError(
             f"{where}: {ref} is not a readable image ({type(e).__name__}: {e}); replace it or set on_bad_sample: skip",

@@ -183,6 +183,7 @@ def _context(recipe: ResolvedRecipe) -> BuildContext:
         on_bad_sample=core["on_bad_sample"],
         hardware=Hardware.probe(),
         max_num_frames=int(core["max_num_frames"]),
+        allow_paths_outside_data=bool(core["allow_paths_outside_data"]),
     )
 
 

@@ -44,7 +44,12 @@ def to_messages(row: Any, where: str) -> tuple[dict[str, Any] | None, str | None
 
 
 def build(config: Any, ctx: Any) -> MessagesDataset:
-    return MessagesDataset(config, skip_bad=ctx.on_bad_sample == "skip", convert=to_messages)
+    return MessagesDataset(
+        config,
+        skip_bad=ctx.on_bad_sample == "skip",
+        convert=to_messages,
+        allow_outside=bool(getattr(ctx, "allow_paths_outside_data", False)),
+    )
 
 
 def is_conversation(sample: Any) -> bool:

@@ -84,6 +84,27 @@ def _resolve(ref: str, root: Path) -> str:
     return ref if ref.startswith(("data:", "http://", "https://")) or Path(ref).is_absolute() else str(root / ref)
 
 
+def _local_refs(sample: dict[str, Any]) -> list[str]:
+    """The file paths a sample reads (images, video files, frame folders and frames; no URIs)."""
+    refs: list[str] = [i for i in sample.get("images", []) if isinstance(i, str)]
+    for video in sample.get("videos", []) or []:
+        frames = video.get("frames") if isinstance(video, dict) else video
+        refs += [frames] if isinstance(frames, str) else list(frames)
+    return [r for r in refs if not r.startswith(("data:", "http://", "https://"))]
+
+
+def _outside(sample: dict[str, Any], root: Path, where: str) -> str | None:
+    """A problem naming the first path that leaves ``root`` (``../`` or an absolute path elsewhere)."""
+    top = root.resolve()
+    for ref in _local_refs(sample):
+        if not Path(ref).resolve().is_relative_to(top):
+            return (
+                f"{where}: {ref} is outside the dataset folder {top}; move it under the folder, point "
+                f"image_root at a folder that holds it, or set allow_paths_outside_data: true"
+            )
+    return None
+
+
 def _resolve_video(video: Any, root: Path) -> Any:
     if isinstance(video, str):
         return _resolve(video, root)
@@ -104,7 +125,7 @@ class MessagesDataset(Sequence):
     """Records of a JSON / JSONL file, each turned into a canonical sample by ``convert`` (the
     ``messages`` format reads them as they are), checked up front, with paths made absolute."""
 
-    def __init__(self, config: Any, skip_bad: bool = False, convert: Convert = _as_is):
+    def __init__(self, config: Any, skip_bad: bool = False, convert: Convert = _as_is, allow_outside: bool = False):
         self.skipped: list[DataError] = []  # rows dropped under on_bad_sample: skip, reported by the run
         self.path = Path(config.path)
         root = Path(config.image_root) if config.image_root else self.path.parent
@@ -126,6 +147,10 @@ class MessagesDataset(Sequence):
             sample = {**row, "images": [_resolve(i, root) for i in images], "_where": where}
             if row.get("videos"):
                 sample["videos"] = [_resolve_video(v, root) for v in row["videos"]]
+            outside = None if allow_outside else _outside(sample, root, where)
+            if outside:
+                problems.append(DataError(outside, reason="outside-data", where=where))
+                continue
             self.samples.append(sample)
         if problems and skip_bad:
             self.skipped = problems
@@ -145,4 +170,8 @@ class MessagesDataset(Sequence):
 
 
 def build(config: Any, ctx: Any) -> MessagesDataset:
-    return MessagesDataset(config, skip_bad=ctx.on_bad_sample == "skip")
+    return MessagesDataset(
+        config,
+        skip_bad=ctx.on_bad_sample == "skip",
+        allow_outside=bool(getattr(ctx, "allow_paths_outside_data", False)),
+    )

@@ -392,3 +392,35 @@ def test_a_run_counts_and_reports_what_it_cut(run_recipe, tmp_path):
     cut = res.metrics["truncated"]
     assert cut["train"] == 4 and cut["first"][0] == f"{tmp_path / 'd.jsonl'}:1"
     assert res.metrics["train_samples"] == 8 and res.metrics["train"]["steps"] == 2
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
+    """An image whose header declares more pixels than PIL's limit is a bad row (reason
+    decompression-bomb), up front and at load time, for files and in-memory bytes alike."""
+    import io as io_
+
+    path = _png(tmp_path / "big.png", size=(40, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 x 30 = 1200 pixels
+    for call in (check_image, load_image):
+        with pytest.raises(DataError) as err:
+            call(path, "d.jsonl:4")
+        assert err.value.reason == "decompression-bomb" and "40 x 30 pixels" in str(err.value)
+        assert str(err.value).startswith("d.jsonl:4:")
+    buf = io_.BytesIO()
+    Image.new("RGB", (40, 30)).save(buf, format="PNG")
+    with pytest.raises(DataError, match="decompression-bomb limit"):
+        load_image(buf.getvalue(), "d.jsonl:5")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1200)
+    assert load_image(path, "x").size == (40, 30)
+
+
+def test_a_truncated_file_passes_the_cheap_check_and_fails_when_loaded(tmp_path):
+    """Up front only the header is read; the full decode names the row when the file is cut short."""
+    path = str(tmp_path / "cut.png")
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path)  # noise: the pixel data is most of the file
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    check_image(path, "d.jsonl:7")
+    with pytest.raises(DataError) as err:
+        load_image(path, "d.jsonl:7")
+    assert err.value.reason == "unreadable-image" and str(err.value).startswith("d.jsonl:7: cannot read image")

@@ -32,8 +32,10 @@ def _write_jsonl(path, rows, blank_after_first=False):
     return path
 
 
-def _load(tiny, path, on_bad_sample="error", **options):
-    return tiny.build(messages_plugin.SPEC, tiny.make_ctx(on_bad_sample), {"path": str(path), **options})
+def _load(tiny, path, on_bad_sample="error", allow_outside=False, **options):
+    ctx = tiny.make_ctx(on_bad_sample)
+    ctx.allow_paths_outside_data = allow_outside
+    return tiny.build(messages_plugin.SPEC, ctx, {"path": str(path), **options})
 
 
 def test_json_list_and_jsonl_load_the_same(tiny, tmp_path):
@@ -51,7 +53,7 @@ def test_json_list_and_jsonl_load_the_same(tiny, tmp_path):
 def test_image_paths_resolved_relative_to_the_file(tiny, tmp_path):
     sub = tmp_path / "data"
     sub.mkdir()
-    absolute = str(tmp_path / "elsewhere" / "abs.png")
+    absolute = str(sub / "elsewhere" / "abs.png")  # absolute, inside the data folder
     uri = "data:image/png;base64,AAAA"
     rows = [
         _row(images=["img.png"]),
@@ -191,3 +193,27 @@ def test_an_empty_assistant_turn_is_a_bad_row_not_silent_training(tiny, tmp_path
     assert f"{path}:2: messages[1] is an empty assistant turn" in str(e.value)
     ds = _load(tiny, path, on_bad_sample="skip")
     assert len(ds) == 1 and [s.where for s in ds.skipped] == [f"{path}:2"]
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["../secret.png", "pics/../../secret.png", "{tmp}/elsewhere/a.png", {"frames": ["../f0.png"]}, "../clips"],
+)
+def test_paths_outside_the_data_folder_are_refused_unless_allowed(tiny, tmp_path, ref):
+    sub = tmp_path / "data"
+    sub.mkdir()
+    if isinstance(ref, str):
+        ref = ref.replace("{tmp}", str(tmp_path))
+    video = isinstance(ref, dict) or ref == "../clips"
+    row = _row(images=[]) if video else _row(images=[ref])
+    if video:
+        row["messages"][0]["content"] = "<video>\nWhat happens?"
+        row["videos"] = [ref]
+    path = _write_jsonl(sub / "d.jsonl", [_row(images=["ok.png"]), row])
+    with pytest.raises(DataError) as e:
+        _load(tiny, path)
+    assert f"{path}:2: " in str(e.value) and "is outside the dataset folder" in str(e.value)
+    assert "allow_paths_outside_data: true" in str(e.value)
+    skipped = _load(tiny, path, on_bad_sample="skip")
+    assert len(skipped) == 1 and [x.reason for x in skipped.skipped] == ["outside-data"]
+    assert len(_load(tiny, path, allow_outside=True)) == 2
