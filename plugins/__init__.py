@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.optim.flash_attention",
     "vlmplug.plugins.optim.liger",
     "vlmplug.plugins.optim.adamw_8bit",
+    "vlmplug.plugins.optim.packing",
     "vlmplug.plugins.optim.deepspeed_zero3",
     "vlmplug.plugins.evaluators.vqa",
     "vlmplug.plugins.interop.llava_hf",

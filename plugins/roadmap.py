@@ -43,7 +43,6 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
         _planned("document", flat_keys=("augmentation",)),
     ),
     "optimizer_stack": (
-        _planned("packing", flat_keys=("packing",)),
         _planned("fsdp", flat_keys=("fsdp", "fsdp_config")),
     ),
     "evaluator": (

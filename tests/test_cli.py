@@ -42,6 +42,7 @@ BUILTINS = {
     "flash-attention",
     "liger",
     "adamw-8bit",
+    "packing",
     "deepspeed-zero3",
     "vqa",
 }

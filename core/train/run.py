@@ -620,6 +620,10 @@ def _train(
             monitor.close()
         _drop_wrappers(trainer)
     metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
+    collator_stats = getattr(training.collator, "stats", None)  # e.g. packing efficiency
+    if callable(collator_stats):
+        metrics["train"].update(collator_stats())
+        s.say("  " + ", ".join(f"{k} {v}" for k, v in collator_stats().items()))
     if budget is not None and budget.stopped_at is not None:
         metrics["train"]["stopped_by_time_budget"] = True
         s.say(

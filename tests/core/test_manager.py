@@ -41,6 +41,7 @@ BUILTIN_COMPONENTS = {
     "flash-attention": "optimizer_stack",
     "liger": "optimizer_stack",
     "adamw-8bit": "optimizer_stack",
+    "packing": "optimizer_stack",
     "deepspeed-zero3": "optimizer_stack",
     "vqa": "evaluator",
 }
