@@ -65,6 +65,8 @@ class Selection:
     options: dict[str, Any] = field(default_factory=dict)
     source: str = "recipe"
     label: str | None = None
+    #: A training dataset's share of the mixture (``datasets: [{path: ..., weight: 2}]``).
+    weight: float = 1.0
 
     @property
     def name(self) -> str:
@@ -74,9 +76,11 @@ class Selection:
         return self.spec.make_config(self.options)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.spec.name, "provider": self.spec.provider, "version": self.spec.version}
+        out: dict[str, Any] = {"name": self.spec.name, "provider": self.spec.provider, "version": self.spec.version}
         if self.label is not None:
             out["label"] = self.label
+        if self.weight != 1.0:
+            out["weight"] = self.weight
         return {**out, **_plain(self.options)}
 
 
@@ -219,6 +223,7 @@ class Entry:
     options: dict[str, Any]
     source: str = "recipe"
     label: str | None = None
+    weight: float = 1.0
 
 
 @dataclass
@@ -365,7 +370,7 @@ class _Resolver:
         self.problems.extend(problems)
         if not problems and entry.spec.config:
             opts = dataclasses.asdict(entry.spec.make_config(opts))
-        return Selection(spec=entry.spec, options=opts, source=entry.source, label=entry.label)
+        return Selection(spec=entry.spec, options=opts, source=entry.source, label=entry.label, weight=entry.weight)
 
     # values -------------------------------------------------------------------------------------
     def set_core(self, draft: Draft, key: str, value: Any, where: str) -> None:
@@ -781,6 +786,7 @@ def _select_datasets(draft: Draft, r: _Resolver) -> None:
                 continue
             opts = dict(raw)
             label = opts.pop("name", None)
+            weight = _dataset_weight(opts.pop("weight", 1.0), key, where, r)
             name = opts.pop("format", None)
             if name is None and "path" not in opts:
                 r.problems.append(
@@ -790,10 +796,27 @@ def _select_datasets(draft: Draft, r: _Resolver) -> None:
             name = name if name is not None else r.detect_format(str(opts["path"]), where)
             spec = r.lookup(str(name), "dataset_format", where) if name is not None else None
             if spec is not None:
-                draft.lists[key].append(Entry(spec, opts, label=str(label) if label is not None else None))
+                draft.lists[key].append(
+                    Entry(spec, opts, label=str(label) if label is not None else None, weight=weight)
+                )
     if not draft.lists["datasets"]:
         r.problems.append("datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`")
     _label_eval_sets(draft.lists["eval_datasets"], r)
+
+
+def _dataset_weight(value: Any, key: str, where: str, r: _Resolver) -> float:
+    """A training dataset's ``weight`` (a number > 0); eval sets take none."""
+    if key == "eval_datasets" and value != 1.0:
+        r.problems.append(f"{where}.weight: weights mix training datasets; an eval set is read whole")
+        return 1.0
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not weight > 0:
+        r.problems.append(f"{where}.weight: must be a number > 0 (1 = every sample once), got {value!r}")
+        return 1.0
+    return weight
 
 
 def _label_eval_sets(entries: list[Entry], r: _Resolver) -> None:

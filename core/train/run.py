@@ -33,6 +33,7 @@ from .data import EncodedDataset, SampleEncoder, TrainCollator, sample_texts
 from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
 from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
+from .mixture import WeightedMixture
 from .modules import apply_module_plan, module_table
 from .session import Session, open_session
 from .video import VideoOptions
@@ -107,7 +108,10 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
     ctx = _context(recipe)
     _announce(recipe, host, s, ctx)
     parts = _build_parts(recipe, ctx, s)
+    seen = len(ctx.notes)
     data = _load_data(recipe, ctx)
+    for note in ctx.notes[seen:]:  # e.g. how a mixture of datasets was weighted
+        s.say(f"  note: {note}")
     pretrained = _pretrained_dir(recipe, ctx, s, host)
     tokenizer = _tokenizer(recipe, data, ctx, s, pretrained)
     vlm = _build_model(recipe, parts, tokenizer, ctx, s, host, pretrained)
@@ -274,7 +278,13 @@ def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack:
 def _load_data(recipe: ResolvedRecipe, ctx: BuildContext) -> Data:
     train_sets = [build_component(sel, ctx) for sel in recipe.datasets]
     eval_sets = [EvalSet(str(sel.label or sel.name), build_component(sel, ctx)) for sel in recipe.eval_datasets]
-    return Data(train=_concat(train_sets), eval_sets=eval_sets)
+    weights = [sel.weight for sel in recipe.datasets]
+    if len(train_sets) == 1 and weights == [1.0]:
+        return Data(train=train_sets[0], eval_sets=eval_sets)
+    mixture = WeightedMixture(train_sets, weights, seed=int(recipe.training.get("seed", 42)))
+    for sel, (read, used) in zip(recipe.datasets, mixture.counts):
+        ctx.note(f"datasets: {sel.name} ({sel.options.get('path', '')}): {read} samples x {sel.weight:g} -> {used}")
+    return Data(train=mixture, eval_sets=eval_sets)
 
 
 def _pretrained_dir(recipe: ResolvedRecipe, ctx: BuildContext, s: Session, host: Any) -> Path | None:
@@ -842,33 +852,6 @@ def _gather_skips(local: SkipReport, s: Session) -> SkipReport:
     merged = SkipReport()
     merged.extend(gather_object(local.items))
     return merged
-
-
-def _concat(sets: list[Any]) -> Any:
-    if len(sets) == 1:
-        return sets[0]
-    return _Concat(sets)
-
-
-class _Concat:
-    def __init__(self, sets: list[Any]):
-        self.sets = sets
-        self.skipped = [s for d in sets for s in d.skipped]
-        self.offsets = []
-        total = 0
-        for d in sets:
-            self.offsets.append(total)
-            total += len(d)
-        self.total = total
-
-    def __len__(self) -> int:
-        return self.total
-
-    def __getitem__(self, i: int) -> Any:
-        for d, off in zip(reversed(self.sets), reversed(self.offsets)):
-            if i >= off:
-                return d[i - off]
-        raise IndexError(i)
 
 
 def _summary(s: Session, metrics: dict[str, Any], evaluation: Evaluation) -> None:
