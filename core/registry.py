@@ -80,7 +80,8 @@ class ComponentSpec:
     :param test_options: options that build a tiny, offline instance for the conformance kit
         (``vlmplug.testing.check_component``); ``"{messages_jsonl}"`` and ``"{tmp}"`` in a string value
         become a small canonical JSONL file the kit writes, and a temporary directory
-        (``"{llava_json}"``: the same rows in LLaVA-Instruct's layout).
+        (``"{llava_json}"``: the same rows in LLaVA-Instruct's layout; ``"{caption_json}"``: a COCO
+        captions file; ``"{hf_parquet}"``: a parquet table with embedded images).
     :param family: set by the registry from the hook that registered the spec.
     """
 

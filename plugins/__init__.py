@@ -26,6 +26,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.datasets.shapes",
     "vlmplug.plugins.datasets.llava",
     "vlmplug.plugins.datasets.sharegpt",
+    "vlmplug.plugins.datasets.caption",
+    "vlmplug.plugins.datasets.hf",
     "vlmplug.plugins.optim.gradient_checkpointing",
     "vlmplug.plugins.optim.mixed_precision",
     "vlmplug.plugins.optim.flash_attention",

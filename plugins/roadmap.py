@@ -38,13 +38,10 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "fusion": (),
     "peft": (),
     "dataset_format": (
-        _planned("hf"),
         _planned("video"),
         _planned("document", flat_keys=("augmentation",)),
     ),
-    "optimizer_stack": (
-        _planned("fsdp", flat_keys=("fsdp", "fsdp_config")),
-    ),
+    "optimizer_stack": (_planned("fsdp", flat_keys=("fsdp", "fsdp_config")),),
     "evaluator": (
         _planned("textvqa"),
         _planned("gqa"),

@@ -49,6 +49,10 @@ def _options(spec: Any, tmp: Path) -> dict[str, Any]:
                 value = value.replace("{messages_jsonl}", str(_messages_jsonl(tmp)))
             if "{llava_json}" in value:
                 value = value.replace("{llava_json}", str(_llava_json(tmp)))
+            if "{caption_json}" in value:
+                value = value.replace("{caption_json}", str(_caption_json(tmp)))
+            if "{hf_parquet}" in value:
+                value = value.replace("{hf_parquet}", str(_hf_parquet(tmp)))
             return value.replace("{tmp}", str(tmp))
         return value
 
@@ -67,6 +71,43 @@ def _llava_json(tmp: Path) -> Path:
             images = row.pop("images", [])
             rows.append({**row, "conversations": turns, **({"image": images[0]} if images else {})})
         path.write_text(json.dumps(rows))
+    return path
+
+
+def _caption_json(tmp: Path) -> Path:
+    """A COCO captions file (``captions_train2017.json``'s layout): two images, three captions."""
+    path = tmp / "conformance_captions.json"
+    if not path.exists():
+        from PIL import Image
+
+        Image.new("RGB", (40, 30), GREEN).save(tmp / "green.png")
+        Image.new("RGB", (24, 48), (200, 30, 30)).save(tmp / "red.png")
+        data = {
+            "images": [{"id": 1, "file_name": "green.png"}, {"id": 2, "file_name": "red.png"}],
+            "annotations": [
+                {"id": 10, "image_id": 1, "caption": "A green rectangle."},
+                {"id": 11, "image_id": 1, "caption": "Green, nothing else."},
+                {"id": 12, "image_id": 2, "caption": "A tall red picture."},
+            ],
+        }
+        path.write_text(json.dumps(data))
+    return path
+
+
+def _hf_parquet(tmp: Path) -> Path:
+    """The rows of :func:`_messages_jsonl` as a parquet file with an embedded ``datasets.Image`` column."""
+    path = tmp / "conformance.parquet"
+    if not path.exists():
+        import datasets
+
+        rows = []
+        for line in _messages_jsonl(tmp).read_text().splitlines():
+            row = json.loads(line)
+            images = [{"bytes": (tmp / name).read_bytes(), "path": None} for name in row.get("images", [])]
+            rows.append({"messages": row["messages"], "images": images})
+        turn = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+        features = datasets.Features({"messages": [turn], "images": [datasets.Image()]})
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     return path
 
 

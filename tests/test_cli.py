@@ -36,6 +36,8 @@ BUILTINS = {
     "shapes",
     "llava",
     "sharegpt",
+    "caption",
+    "hf",
     "gradient-checkpointing",
     "mixed-precision",
     "qlora",

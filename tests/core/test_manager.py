@@ -36,6 +36,8 @@ BUILTIN_COMPONENTS = {
     "shapes": "dataset_format",
     "llava": "dataset_format",
     "sharegpt": "dataset_format",
+    "caption": "dataset_format",
+    "hf": "dataset_format",
     "gradient-checkpointing": "optimizer_stack",
     "mixed-precision": "optimizer_stack",
     "flash-attention": "optimizer_stack",
