@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ._version import __version__
+from .data_cli import data
 from .errors import ConfigError, VlmplugError
 from .registry import FAMILIES
 
@@ -494,6 +495,9 @@ def export(run_dir: str, fmt: str, out: str) -> None:
     host = _host()
     path = export_model(run_dir, fmt, out, host=host)
     _console().print(f"exported {run_dir} as {fmt} -> {path}")
+
+
+cli.add_command(data)
 
 
 def main(argv: list[str] | None = None) -> None:

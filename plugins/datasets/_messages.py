@@ -13,6 +13,8 @@ ROLES = ("system", "user", "assistant")
 
 
 def _rows(path: Path) -> list[tuple[int, Any]]:
+    """``(line or record number, record)``; a JSONL line that is not JSON comes as a DataError in place
+    of its record, so it follows the row policy (``on_bad_sample``) like any other bad row."""
     if not path.is_file():
         raise DataError(
             f"{path}: file not found (dataset paths are relative to where you run vlmplug)", reason="missing-file"
@@ -26,11 +28,12 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
             try:
                 rows.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(
+                error = DataError(
                     f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
                     reason="malformed-row",
                     where=f"{path}:{n}",
-                ) from e
+                )
+                rows.append((n, error))
         return rows
     try:
         data = json.loads(text)
@@ -137,6 +140,9 @@ class MessagesDataset(Sequence):
         problems = []
         for n, row in rows:
             where = f"{self.path}:{n}" if label == "line" else f"{self.path} record {n}"
+            if isinstance(row, DataError):  # a line that is not JSON
+                problems.append(row)
+                continue
             row, problem = convert(row, where)
             problem = problem or _check(row, where)
             if problem:

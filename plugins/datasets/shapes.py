@@ -10,7 +10,7 @@ laptop CPU in minutes, yet unanswerable without looking at the image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vlmplug import ComponentSpec, hookimpl
 
@@ -77,3 +77,13 @@ SPEC = ComponentSpec(
 @hookimpl
 def register_dataset_formats(register) -> None:
     register(SPEC)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """``vlmplug data shapes`` (the core's ``data`` group holds the format-independent commands)."""
+    from ._shapes_cli import shapes_cmd
+
+    data = cli.commands.get("data")
+    if data is not None:
+        data.add_command(shapes_cmd)
