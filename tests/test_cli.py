@@ -368,6 +368,10 @@ GUARDED = {
     "info": ["info", "lora"],
     "recipes": ["recipes"],
     "score": ["score", "-e", "vqa", "{preds}", "--json"],
+    "data --help": ["data", "--help"],
+    "data shapes --help": ["data", "shapes", "--help"],
+    "data convert --help": ["data", "convert", "--help"],
+    "data check --help": ["data", "check", "--help"],
 }
 
 
@@ -407,6 +411,8 @@ def test_startup_guard(name: str, guard_runs: dict) -> None:
     assert heavy is not None, output
     assert heavy == [], f"vlmplug {' '.join(GUARDED[name])} imported {heavy}"
     assert "Traceback" not in output, output
+    if "--help" in GUARDED[name]:
+        assert "Usage:" in output and "No such command" not in output, output
 
 
 def test_startup_guard_commands_really_ran(guard_runs: dict) -> None:

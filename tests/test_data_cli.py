@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -321,37 +319,3 @@ def test_check_usage_errors_exit_2(images: Path) -> None:
     (images / "notes.txt").write_text("hello")
     res = invoke("data", "check", images / "notes.txt")
     assert res.exit_code == 2 and "no dataset format recognises it" in res.output
-
-
-# -- the startup guard -------------------------------------------------------------------------------------
-
-GUARD = """
-import json, sys
-from vlmplug.cli import main
-try:
-    main(json.loads(sys.argv[1]))
-except SystemExit:
-    pass
-print("HEAVY=" + json.dumps(sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)))
-"""
-
-
-def test_help_imports_no_torch(tmp_path: Path) -> None:
-    env = {**os.environ, "VLMPLUG_LOAD_PLUGINS": ""}
-    commands = [["--help"], ["data", "--help"], *(["data", cmd, "--help"] for cmd in ("shapes", "convert", "check"))]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", GUARD, json.dumps(argv)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for argv in commands
-    ]
-    for argv, proc in zip(commands, procs):
-        out, err = proc.communicate(timeout=120)
-        assert "Usage:" in out, out + err
-        heavy = [ln for ln in out.splitlines() if ln.startswith("HEAVY=")]
-        assert heavy == ["HEAVY=[]"], f"vlmplug {' '.join(argv)} imported {heavy}: {err}"
