@@ -151,11 +151,12 @@ REGISTRATION_HOOKS: dict[str, str] = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Detection: firstresult, None means "not mine".
+# Detection: None means "not mine"; vision encoders and model formats take the first answer, dataset
+# formats ask everyone (ambiguity is an error).
 # ---------------------------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@hookspec
 def detect_dataset_format(path: str, sample: dict[str, Any] | None) -> str | None:
     """Name the dataset format that reads ``path``.
 
@@ -163,9 +164,11 @@ def detect_dataset_format(path: str, sample: dict[str, Any] | None) -> str | Non
     :param sample: the first record when the file is JSON/JSONL, else ``None``.
     :return: a component name, or ``None`` if this plugin does not recognise it.
 
-    Stops at first non-None result. Built-in fallbacks are ``trylast``, so third parties win.
+    Every plugin is asked: one name is the answer; two or more different names are an error that
+    lists them, so that the recipe names the format (``format: NAME``) instead of a silent guess.
 
     .. versionadded:: 1.0
+    .. versionchanged:: 1.1 all plugins answer; ambiguity is an error (was: the first answer won).
     """
 
 

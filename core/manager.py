@@ -227,7 +227,15 @@ class PluginHost:
         return found
 
     def detect_dataset_format(self, *, path: str, sample: dict[str, Any] | None) -> str | None:
-        return self._call("detect_dataset_format", path=path, sample=sample)
+        """The one format that recognises ``path`` (``None``: none does); several are a ConfigError
+        listing them."""
+        found = list(dict.fromkeys(self._call("detect_dataset_format", path=path, sample=sample) or []))
+        if len(found) > 1:
+            raise ConfigError(
+                f"{path}: {len(found)} dataset formats recognise it ({', '.join(found)}); name one with `format: NAME`",
+                header="dataset format",
+            )
+        return found[0] if found else None
 
     def detect_vision_encoder(self, *, model: str, config: dict[str, Any] | None) -> str | None:
         return self._call("detect_vision_encoder", model=model, config=config)

@@ -355,7 +355,11 @@ class _Resolver:
         readable, sample = _first_record(path, where, self.problems)
         if not readable:
             return None
-        name = self.host.detect_dataset_format(path=path, sample=sample) if self.host else None
+        try:
+            name = self.host.detect_dataset_format(path=path, sample=sample) if self.host else None
+        except ConfigError as e:  # several formats recognise it
+            self.problems.extend(f"{where}: {p}" for p in e.problems)
+            return None
         if name is None:
             self.problems.append(
                 f"{where}: no dataset format recognises {path}; name one with 'format' "

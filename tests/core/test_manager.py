@@ -11,7 +11,7 @@ import pluggy
 import pytest
 
 from vlmplug import ComponentSpec, __version__, hookimpl, hookspecs
-from vlmplug.errors import PluginError
+from vlmplug.errors import ConfigError, PluginError
 from vlmplug.manager import load
 from vlmplug.plugins import BUILTIN_PLUGINS
 
@@ -438,7 +438,9 @@ def test_detect_dataset_format_through_the_facade(host: Any) -> None:
     assert host.detect_dataset_format(path="some/dir", sample=None) is None
 
 
-def test_third_party_detector_wins_over_the_builtin_fallback() -> None:
+def test_a_third_party_detector_and_a_builtin_that_both_answer_are_ambiguous() -> None:
+    """Every dataset-format detector is asked; one answer is taken, two different ones name both."""
+
     class ShapesDetector:
         @hookimpl
         def detect_dataset_format(self, path: str, sample: Any) -> Any:
@@ -446,8 +448,10 @@ def test_third_party_detector_wins_over_the_builtin_fallback() -> None:
 
     h = load(extra_plugins=[(ShapesDetector(), "shapes-detector")])
     sample = {"messages": []}
-    assert h.detect_dataset_format(path="x.shapes.jsonl", sample=sample) == "shapes"
+    with pytest.raises(ConfigError, match=r"x.shapes.jsonl: 2 dataset formats recognise it \(shapes, messages\)"):
+        h.detect_dataset_format(path="x.shapes.jsonl", sample=sample)
     assert h.detect_dataset_format(path="x.jsonl", sample=sample) == "messages"
+    assert h.detect_dataset_format(path="x.shapes.jsonl", sample=None) == "shapes"
 
 
 def test_failing_detector_is_a_plugin_error() -> None:
@@ -542,7 +546,7 @@ def test_registration_hooks_cover_every_family() -> None:
         assert hook in HOOK_NAMES
 
 
-def test_detection_hooks_are_firstresult() -> None:
-    for hook in ("detect_dataset_format", "detect_vision_encoder"):
-        assert getattr(_SPEC_PM.hook, hook).spec.opts["firstresult"] is True
+def test_detection_hooks_take_the_first_answer_but_dataset_formats_ask_everyone() -> None:
+    assert _SPEC_PM.hook.detect_vision_encoder.spec.opts["firstresult"] is True
+    assert _SPEC_PM.hook.detect_dataset_format.spec.opts["firstresult"] is False
     assert _SPEC_PM.hook.on_log.spec.opts["firstresult"] is False

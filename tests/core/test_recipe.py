@@ -580,3 +580,31 @@ def test_dataset_unreadable_json(host: Any, quickstart: dict, tmp_path: Path) ->
 def test_no_training_data(host: Any, quickstart: dict) -> None:
     data = {k: v for k, v in quickstart.items() if k != "datasets"}
     assert problems(host, data) == ["datasets: the recipe has no training data; add `datasets: [{path: train.jsonl}]`"]
+
+
+def test_a_file_two_formats_recognise_is_an_error_listing_them(tmp_path: Path) -> None:
+    """Detection asks every plugin; two answers are not a silent guess."""
+    from vlmplug import ComponentSpec, hookimpl
+    from vlmplug.manager import load
+
+    class Rival:
+        @hookimpl
+        def register_dataset_formats(self, register: Any) -> None:
+            register(ComponentSpec(name="rival-messages", summary="test", factory="vlmplug.errors:did_you_mean"))
+
+        @hookimpl
+        def detect_dataset_format(self, path: str, sample: Any) -> str | None:
+            return "rival-messages" if isinstance(sample, dict) and "messages" in sample else None
+
+    h = load(autoload=False, extra_plugins=[(Rival(), "rival")])
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    recipe = {"model": "tiny-llama", "vision_encoder": {"name": "clip", "model": "tiny"}, "connector": "mlp"}
+    with pytest.raises(ConfigError) as e:
+        resolve({**recipe, "datasets": [{"path": str(data)}]}, h.registry, host=h)
+    (problem,) = [p for p in e.value.problems if "recognise" in p]
+    assert problem == (
+        f"datasets[0]: {data}: 2 dataset formats recognise it (rival-messages, messages); name one with `format: NAME`"
+    )
+    ok = resolve({**recipe, "datasets": [{"path": str(data), "format": "messages"}]}, h.registry, host=h)
+    assert ok.datasets[0].name == "messages"
