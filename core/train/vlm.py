@@ -25,6 +25,7 @@ Layout of a saved model directory (see :mod:`vlmplug.train.model_io` for loading
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,34 @@ class VisionLanguageModel(nn.Module):
                 out[i] = tokens[j]
         return torch.stack([t for t in out if t is not None])
 
+    #: ``None``: run the vision path on a batch without images only when training with several processes
+    #: (see :meth:`idle_vision`); ``True`` / ``False`` force it on / off.
+    run_idle_vision: bool | None = None
+
+    def idle_vision(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on the vision tower and connector, for a training batch with no image.
+
+        With several processes every rank must run the same modules: under DeepSpeed ZeRO-3 each module's
+        forward gathers its sharded parameters with a collective, so a rank whose batch has no image and
+        skips the vision path leaves the others waiting in the tower's gather (a hang); under DDP its
+        tower gets no gradient. Adding ``0 x`` the vision tokens of one blank image keeps every rank on
+        the same path and changes no value. Elsewhere it is a plain zero."""
+        run = self.run_idle_vision
+        if run is None:
+            run = self.training and torch.is_grad_enabled() and _several_processes()
+        if not run:
+            return like.new_zeros(())
+        from PIL import Image
+
+        tower: Any = self.vision_encoder  # the family contract's preprocess, not a torch.nn.Module member
+        pixels = tower.preprocess([Image.new("RGB", (32, 32))]).to(like.device)
+        extra: dict[str, Any] = {}
+        if "instruction_ids" in inspect.signature(self.connector.forward).parameters:  # text-conditioned
+            ids = torch.zeros((1, 1), dtype=torch.long, device=like.device)
+            extra = {"instruction_ids": ids, "instruction_mask": torch.ones_like(ids)}
+        vision = self.encode_images(pixels, **extra)
+        return (vision.sum() * 0).to(like.dtype)
+
     def _connect(
         self, feats: torch.Tensor, instruction_ids: torch.Tensor | None, instruction_mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -216,3 +245,9 @@ class VisionLanguageModel(nn.Module):
             "llm_files": llm_files,
         }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _several_processes() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

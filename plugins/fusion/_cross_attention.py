@@ -316,6 +316,8 @@ class CrossAttentionVLM(LayerContextMixin, VisionLanguageModel):
     ) -> Any:
         embeds = self.embed(input_ids)
         vision, mask = self.vision_context(input_ids, pixel_values, instruction_ids, instruction_mask, image_frames)
+        if vision is None:
+            embeds = embeds + self.idle_vision(embeds)  # 0, but every rank runs the vision path
         if labels is not None and num_items_in_batch is not None:
             kwargs["num_items_in_batch"] = num_items_in_batch  # the HF causal-LM loss: sum / num_items
         with self._vision_context(vision=vision, vision_mask=mask):

@@ -32,7 +32,7 @@ class InterleavedVLM(VisionLanguageModel):
         if pixel_values is None or pixel_values.numel() == 0:
             if n_slots:
                 raise ValueError(f"the batch has {n_slots} image-token positions but no pixel_values")
-            return embeds
+            return embeds + self.idle_vision(embeds)  # 0, but every rank runs the vision path
         vision = self.encode_images(pixel_values, instruction_ids, instruction_mask, image_frames)  # [N_img, T, H]
         if vision.shape[0] * vision.shape[1] != n_slots:
             raise ValueError(

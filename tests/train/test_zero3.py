@@ -170,3 +170,51 @@ def test_a_from_pretrained_llm_is_built_whole_as_without_deepspeed(tmp_path: Pat
     assert len(a) == len(b) == 4
     for (_, x), (_, y) in zip(a, b):
         assert y == pytest.approx(x, rel=1e-5, abs=1e-6)
+
+
+def test_a_rank_whose_batch_has_no_image_does_not_hang(tmp_path: Path) -> None:
+    """Rows alternate image / text only, one per process per step, in order: rank 1's batches never hold
+    an image. Every parameter is sharded (persistence threshold 0), so the vision tower's forward is a
+    collective gather; rank 1 must run it too (``idle_vision``), or rank 0 waits for it for ever -- the
+    subprocess timeout turns a hang into a failure."""
+    from PIL import Image
+
+    from vlmplug.plugins.optim.deepspeed_zero3 import shipped_config
+
+    ds = json.loads(shipped_config().read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    rows = []
+    for i in range(16):
+        if i % 2 == 0:
+            Image.new("RGB", (32, 32), (200, 20 * i % 255, 30)).save(tmp_path / f"{i}.png")
+            user, images = "<image>\nWhat colour is it?", [f"{i}.png"]
+        else:
+            user, images = "Say yes.", []
+        rows.append(
+            {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "yes"}], "images": images}
+        )
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = {
+        **TINY_RECIPE,
+        "datasets": [{"path": str(tmp_path / "mixed.jsonl")}],
+        "eval_datasets": [],
+        "evaluators": [],
+        "max_steps": 4,
+        "train_sampling_strategy": "sequential",
+        "deepspeed": str(tmp_path / "zero3.json"),
+    }
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(recipe))
+    t0 = time.perf_counter()
+    train_subprocess(
+        tmp_path / "mixed.yaml",
+        tmp_path / "run",
+        processes=2,
+        sets=["per_device_train_batch_size=1"],
+        env={"DS_ACCELERATOR": "cpu"},
+        cwd=ROOT,
+        timeout=300,
+    )
+    print(f"ZeRO-3 with text-only batches on one rank: {time.perf_counter() - t0:.1f}s")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["train"]["steps"] == 4
