@@ -37,10 +37,7 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "connector": (),
     "fusion": (),
     "peft": (),
-    "dataset_format": (
-        _planned("video"),
-        _planned("document", flat_keys=("augmentation",)),
-    ),
+    "dataset_format": (),
     "optimizer_stack": (_planned("fsdp", flat_keys=("fsdp", "fsdp_config")),),
     "evaluator": (
         _planned("textvqa"),

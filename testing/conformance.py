@@ -53,6 +53,9 @@ def _options(spec: Any, tmp: Path) -> dict[str, Any]:
                 value = value.replace("{caption_json}", str(_caption_json(tmp)))
             if "{hf_parquet}" in value:
                 value = value.replace("{hf_parquet}", str(_hf_parquet(tmp)))
+            for name, writer in _WRITERS.items():
+                if "{" + name + "}" in value:
+                    value = value.replace("{" + name + "}", str(writer(tmp)))
             return value.replace("{tmp}", str(tmp))
         return value
 
@@ -109,6 +112,64 @@ def _hf_parquet(tmp: Path) -> Path:
         features = datasets.Features({"messages": [turn], "images": [datasets.Image()]})
         datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     return path
+
+
+def _vqav2(tmp: Path) -> tuple[Path, Path]:
+    """VQAv2's two files (questions, annotations) for two questions about one COCO-named image."""
+    questions, annotations = tmp / "v2_OpenEnded_mscoco_train2014_questions.json", tmp / "v2_annotations.json"
+    if not questions.exists():
+        from PIL import Image
+
+        Image.new("RGB", (40, 30), GREEN).save(tmp / "COCO_train2014_000000000001.jpg")
+        asked = [("What color is the picture?", "green"), ("Is it red?", "no")]
+        qs = [{"image_id": 1, "question": q, "question_id": 10 + i} for i, (q, _) in enumerate(asked)]
+        anns = [
+            {"question_id": 10 + i, "image_id": 1, "answers": [{"answer": a, "answer_id": 1}], "question_type": "what"}
+            for i, (_, a) in enumerate(asked)
+        ]
+        questions.write_text(json.dumps({"questions": qs}))
+        annotations.write_text(json.dumps({"annotations": anns}))
+    return questions, annotations
+
+
+def _video_jsonl(tmp: Path) -> Path:
+    """A video QA row (four frame files) and a caption row (the same frames with an fps)."""
+    path = tmp / "conformance_video.jsonl"
+    if not path.exists():
+        from PIL import Image
+
+        frames = [f"frame{i}.png" for i in range(4)]
+        for i, name in enumerate(frames):
+            Image.new("RGB", (32, 32), (60 * i, 170, 60)).save(tmp / name)
+        rows = [
+            {"video": frames, "question": "What color is the video?", "answer": "green"},
+            {"video": {"frames": frames, "fps": 2}, "caption": "A green screen that brightens."},
+        ]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _document_json(tmp: Path) -> Path:
+    """DocVQA's layout ({data: [{questionId, question, image, answers}]}) with one page image."""
+    path = tmp / "conformance_docvqa.json"
+    if not path.exists():
+        from PIL import Image, ImageDraw
+
+        (tmp / "documents").mkdir(exist_ok=True)
+        page = Image.new("RGB", (48, 64), (255, 255, 255))
+        ImageDraw.Draw(page).rectangle((8, 8, 40, 16), fill=(0, 0, 0))
+        page.save(tmp / "documents" / "page_1.png")
+        row = {"questionId": 1, "question": "What is the title?", "image": "documents/page_1.png", "answers": ["Bar"]}
+        path.write_text(json.dumps({"data": [row, {**row, "questionId": 2, "question": "Is it a form?"}]}))
+    return path
+
+
+_WRITERS = {
+    "vqav2_questions": lambda tmp: _vqav2(tmp)[0],
+    "vqav2_annotations": lambda tmp: _vqav2(tmp)[1],
+    "video_jsonl": _video_jsonl,
+    "document_json": _document_json,
+}
 
 
 def _messages_jsonl(tmp: Path) -> Path:

@@ -197,7 +197,6 @@ def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
             "optimizer stack",
             "adamw-8bit, deepspeed-zero3, flash-attention, gradient-checkpointing, liger, mixed-precision, packing",
         ),
-        ("video", "dataset format", "caption, hf, llava, messages, shapes, sharegpt"),
     ],
 )
 def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: str, available: str) -> None:
