@@ -74,6 +74,46 @@ def _check(row: Any, where: str) -> str | None:
     return None
 
 
+#: Keys an image object may name its source with: ``{"path": ...}``, ``{"url": ...}`` (a data URI too),
+#: ``{"image": ...}`` (Hugging Face chat parts), ``{"image_url": {"url": ...}}`` (OpenAI parts).
+IMAGE_KEYS = ("path", "url", "image", "image_url")
+
+
+def image_ref(entry: Any) -> str | None:
+    """An ``images`` entry as a path or data URI: a string as it is; an object by its ``path`` / ``url``
+    / ``image`` / ``image_url.url``, or its base64 ``bytes`` as a data URI; ``None`` when it is neither."""
+    if isinstance(entry, str):
+        return entry
+    if not isinstance(entry, dict):
+        return None
+    for key in IMAGE_KEYS:
+        value = entry.get(key)
+        if isinstance(value, dict):
+            value = value.get("url")
+        if isinstance(value, str) and value:
+            return value
+    data = entry.get("bytes", entry.get("base64"))
+    if isinstance(data, str) and data:
+        return data if data.startswith("data:") else f"data:image;base64,{data}"  # PIL reads the bytes' own type
+    return None
+
+
+def _normalise_images(row: dict[str, Any], where: str) -> str | None:
+    """Turn the row's image objects into paths / data URIs in place; a problem naming a bad entry."""
+    images = row.get("images", [])
+    if not isinstance(images, list):
+        return None  # a single string, or not a list: left to the row check
+    refs = [image_ref(entry) for entry in images]
+    bad = [k for k, ref in enumerate(refs) if ref is None]
+    if bad:
+        return (
+            f"{where}: images[{bad[0]}] must be a path, a data URI, or an object with "
+            f"{' / '.join(IMAGE_KEYS)} or base64 bytes, got {images[bad[0]]!r:.80}"
+        )
+    row["images"] = refs
+    return None
+
+
 def _is_video(video: Any) -> bool:
     if isinstance(video, str):
         return True
@@ -144,6 +184,8 @@ class MessagesDataset(Sequence):
                 problems.append(row)
                 continue
             row, problem = convert(row, where)
+            if problem is None and isinstance(row, dict):
+                problem = _normalise_images(row, where)
             problem = problem or _check(row, where)
             if problem:
                 problems.append(DataError(problem, reason="malformed-row", where=where))

@@ -6,7 +6,9 @@ Each record::
                   {"role": "assistant", "content": "A cat."}],
      "images": ["cat.jpg"]}
 
-Image paths are relative to the data file (or ``image_root``); ``data:`` base64 URIs work too.
+Image paths are relative to the data file (or ``image_root``); ``data:`` base64 URIs work too, and an
+image may be an object: ``{"path": ...}``, ``{"url": ...}``, ``{"image": ...}``, ``{"image_url": {"url":
+...}}`` (OpenAI chat parts) or ``{"bytes": BASE64}``.
 ``videos`` (one ``<video>`` in the text each) are video files, frame folders, lists of frame paths
 or ``{"frames": [...], "fps": 30}``, relative alike; ``max_num_frames`` / ``frame_sampling`` pick
 the frames. Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.

@@ -99,7 +99,7 @@ BAD_ROWS = {
         "messages[0] must have role in",
     ),
     "no assistant": ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
-    "bad images": ({**_row(), "images": [1, 2]}, "'images' must be a list"),
+    "bad images": ({**_row(), "images": [1, 2]}, "images[0] must be a path, a data URI, or an object"),
     "not an object": (["a", "b"], "expected an object"),
 }
 
@@ -217,3 +217,39 @@ def test_paths_outside_the_data_folder_are_refused_unless_allowed(tiny, tmp_path
     skipped = _load(tiny, path, on_bad_sample="skip")
     assert len(skipped) == 1 and [x.reason for x in skipped.skipped] == ["outside-data"]
     assert len(_load(tiny, path, allow_outside=True)) == 2
+
+
+def test_images_as_objects_and_base64(tiny, tmp_path):
+    """An image object names its source by path / url / image / image_url.url, or carries base64 bytes;
+    the sample then reads exactly as with the plain path or data URI, pixels included."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from vlmplug.train.data import load_image
+
+    Image.new("RGB", (6, 4), (10, 200, 30)).save(tmp_path / "g.png")
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), (10, 200, 30)).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    entries = [
+        {"path": "g.png"},
+        {"url": "g.png"},
+        {"type": "image", "image": "g.png"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+        {"bytes": b64},
+    ]
+    rows = [_row(images=[e]) for e in entries]
+    ds = _load(tiny, _write_jsonl(tmp_path / "d.jsonl", rows))
+    refs = [s["images"][0] for s in ds]
+    assert refs[:3] == [str(tmp_path / "g.png")] * 3
+    assert refs[3] == f"data:image/png;base64,{b64}" and refs[4] == f"data:image;base64,{b64}"
+    pixels = {load_image(r, "x").tobytes() for r in refs}
+    assert len(pixels) == 1
+
+
+def test_a_bad_image_object_is_named(tiny, tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [_row(), _row(images=[{"file": "g.png"}])])
+    with pytest.raises(DataError, match=r"d.jsonl:2: images\[0\] must be a path, a data URI, or an object with"):
+        _load(tiny, path)
