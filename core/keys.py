@@ -85,6 +85,12 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "Let a dataset read images and videos outside its folder (its file's folder, or image_root): "
         "'../' and absolute paths elsewhere are refused by default.",
     ),
+    "cache_tokenized": (
+        bool,
+        True,
+        "Keep the tokenised training data next to the run folders (<runs>/.tokenized/) and reuse it when "
+        "a later run encodes the same data the same way.",
+    ),
     "output_dir": (str | None, None, "Where the run is written (default runs/<name>)."),
     "overwrite_output_dir": (bool, False, "Allow writing into a non-empty output_dir."),
     "resume_from_checkpoint": (str | None, None, "A checkpoint dir to resume from, or 'last'."),

@@ -460,7 +460,6 @@ def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEn
 
 def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:
     """Check and tokenise the training set once (main process; the others read its result)."""
-    from rich.progress import Progress
 
     core = recipe.core
     encoder = sample_encoder(recipe, vlm, tokenizer)
@@ -468,11 +467,7 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
     cache = s.run_dir / CACHE / "train_encoded.json"
     with s.main_first():
         if s.is_main:
-            with Progress(console=s.console, transient=True) as progress:
-                task = progress.add_task("tokenizing", total=len(data.train))
-                dataset = EncodedDataset(
-                    data.train, encoder, "datasets", skip, progress=lambda k: progress.advance(task, k)
-                )
+            dataset = _encode_or_reuse(recipe, data, encoder, tokenizer, skip, s)
             if s.world_size > 1:
                 cache.parent.mkdir(parents=True, exist_ok=True)  # a preset's tokenizer made it; a hub LLM's did not
                 cache.write_text(
@@ -507,6 +502,33 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
             f"reasons in metrics.json"
         )
     return training
+
+
+def _encode_or_reuse(
+    recipe: ResolvedRecipe, data: Data, encoder: SampleEncoder, tokenizer: Any, skip: bool, s: Session
+) -> EncodedDataset:
+    """The encoded training set: from the tokenised-data cache when an earlier run encoded the same data
+    the same way (``cache_tokenized``), else tokenised now (and cached)."""
+    from rich.progress import Progress
+
+    from .token_cache import cache_key, load_items, save_items
+
+    folder = None
+    if recipe.core["cache_tokenized"]:
+        folder = s.run_dir.resolve().parent / ".tokenized" / cache_key(recipe, tokenizer, encoder)
+        cached = load_items(folder)
+        if cached is not None:
+            items, skipped, truncated = cached
+            s.say(f"  tokenised data: {len(items)} samples from the cache ({folder})")
+            return EncodedDataset(
+                data.train, encoder, "datasets", skip, items=items, skipped=skipped, truncated=truncated
+            )
+    with Progress(console=s.console, transient=True) as progress:
+        task = progress.add_task("tokenizing", total=len(data.train))
+        dataset = EncodedDataset(data.train, encoder, "datasets", skip, progress=lambda k: progress.advance(task, k))
+    if folder is not None:
+        save_items(folder, dataset.items, dataset.skipped, dataset.truncated)
+    return dataset
 
 
 def _evaluation(
