@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,20 @@ def cache_key(recipe: Any, tokenizer: Any, encoder: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """``datasets``' own progress bars off while the cache is read or written (the run has its own)."""
+    import datasets
+
+    was_off = datasets.is_progress_bar_enabled() is False
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()
+
+
 def load_items(folder: Path) -> tuple[list[tuple[Any, ...]], list[dict], list[str]] | None:
     """``(items, skipped, truncated)`` from a cache folder, or ``None`` when there is none (or it is
     incomplete: ``done.json`` is written last)."""
@@ -74,7 +90,8 @@ def load_items(folder: Path) -> tuple[list[tuple[Any, ...]], list[dict], list[st
         return None
     from datasets import load_from_disk
 
-    table = load_from_disk(str(folder / "items"))
+    with _quiet_datasets():
+        table = load_from_disk(str(folder / "items"))
     columns = table.to_dict()
     items = [
         (i, ids, labels, json.loads(slots))
@@ -99,7 +116,8 @@ def save_items(folder: Path, items: list[tuple[Any, ...]], skipped: list[dict], 
             "slots": [json.dumps(it[3]) for it in items],
         }
     )
-    table.save_to_disk(str(tmp / "items"))
+    with _quiet_datasets():
+        table.save_to_disk(str(tmp / "items"))
     (tmp / "done.json").write_text(json.dumps({"skipped": skipped, "truncated": truncated}, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
