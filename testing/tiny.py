@@ -17,6 +17,7 @@ from vlmplug.train.run import BuildContext
 
 __all__ = [
     "random_images",
+    "write_video",
     "IMAGE_TOKEN",
     "TINY_TEXTS",
     "CLIP_OPTIONS",
@@ -264,3 +265,21 @@ def namespace() -> SimpleNamespace:
         CLIP_OPTIONS=CLIP_OPTIONS,
         LLM_OVERRIDES=LLM_OVERRIDES,
     )
+
+
+def write_video(path: Any, n: int = 24, fps: int = 10, size: int = 32, step: int = 10) -> str:
+    """A real MPEG-4 file (PyAV) whose frame ``i`` is a flat grey of level ``step * i``; returns its path."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), step * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return str(path)

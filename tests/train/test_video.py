@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vlmplug.errors import DataError
+from vlmplug.testing.tiny import write_video
 from vlmplug.train.data import EncodedDataset, SampleEncoder, TrainCollator, load_media
 from vlmplug.train.video import VideoOptions, frame_indices, probe, read_frames
 
@@ -29,19 +30,7 @@ def _levels(frames: list[Image.Image]) -> list[int]:
 
 def _video_file(path: Path, n: int = 24, fps: int = 10, size: int = 32) -> str:
     """A real MPEG-4 file whose frame ``i`` is a flat grey of level ``10 * i``."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 10 * i, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return str(path)
+    return write_video(path, n=n, fps=fps, size=size, step=10)
 
 
 def _frames(folder: Path, n: int) -> list[str]:

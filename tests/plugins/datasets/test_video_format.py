@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from vlmplug.errors import DataError
 from vlmplug.plugins.datasets import video as video_plugin
+from vlmplug.testing.tiny import write_video
 
 
 def _load(tiny: Any, path: Path, on_bad_sample: str = "error", **options: Any) -> Any:
@@ -36,18 +36,7 @@ def _jsonl(path: Path, rows: list[Any]) -> Path:
 def _mp4(path: Path, n: int = 6, size: int = 32) -> bool:
     """A tiny MPEG-4 written with PyAV; False when PyAV cannot write one here."""
     try:
-        import av
-
-        with av.open(str(path), "w") as out:
-            stream = out.add_stream("mpeg4", rate=5)
-            stream.width = stream.height = size
-            stream.pix_fmt = "yuv420p"
-            for i in range(n):
-                frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 * i, np.uint8), format="rgb24")
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
+        write_video(path, n=n, fps=5, size=size, step=20)
     except Exception:
         return False
     return True
