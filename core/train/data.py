@@ -432,6 +432,11 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def lengths(self) -> list[int]:
+        """Each item's sequence length (text and image tokens), known from tokenising: length-grouped
+        sampling reads these instead of loading every item, which would decode every image."""
+        return [len(ids) for _, ids, _, _ in self.items]
+
     def _load(self, k: int) -> dict[str, Any]:
         i, ids, labels, slots = self.items[k]
         sample = self.samples[i]

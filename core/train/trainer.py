@@ -206,6 +206,18 @@ class VLMTrainer(Trainer):
             self.on_skipped(skipped)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """``group_by_length`` from the lengths the dataset knows (``lengths()``), not from loading every
+        item as the Trainer would (that decodes every image of the training set before step 1)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths()
+            )
+        return super()._get_train_sampler(train_dataset)
+
     def create_optimizer(self, model: Any = None) -> Any:
         """With per-module learning rates (``modules:``), the optimizer ``optim`` names over the parts'
         parameter groups; else the Trainer's own. Here rather than passed in, so that DeepSpeed and
