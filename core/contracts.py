@@ -303,6 +303,11 @@ class Evaluator(Protocol):
 class EvaluatorBase:
     """Defaults for the optional evaluator members."""
 
+    def variants(self, sample: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The samples to generate for ``sample``: itself, or several (e.g. one per rotation of a
+        multiple-choice question's options, for circular evaluation); each becomes one record."""
+        return [sample]
+
     def baselines(
         self, train: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]
     ) -> dict[str, dict[str, Any]]:

@@ -179,3 +179,39 @@ def model_manifest(
         "save_llm_base": bool(save_llm_base),
         "tokens_per_image": tokens_per_image,
     }
+
+
+def make_sample_encoder(core: dict[str, Any], single: dict[str, Any], vlm: Any, tokenizer: Any) -> Any:
+    """The tokenizer side of the data pipeline for a model (a run's, or a saved one's, from its manifest's
+    ``core`` values and component selections): placeholders per image, instructions for a text-conditioned
+    connector, and how videos are sampled and split into image slots."""
+    from vlmplug.errors import ConfigError
+
+    from .data import SampleEncoder
+    from .video import VideoOptions
+
+    if vlm.tokens_per_image >= core["max_seq_length"]:
+        parts = ", ".join(f"{fam.replace('_', ' ')} '{single[fam].name}'" for fam in ("vision_encoder", "connector"))
+        raise ConfigError(
+            f"max_seq_length {core['max_seq_length']}: one image alone takes {vlm.tokens_per_image} tokens "
+            f"({parts}); raise max_seq_length or lower the image token budget (`vlmplug info` on them)",
+            header="sequence length",
+        )
+    max_frames = int(getattr(vlm.connector, "max_frames", 1) or 1)
+    if 1 < max_frames < core["max_num_frames"]:
+        name = single["connector"].name
+        raise ConfigError(
+            f"max_num_frames {core['max_num_frames']}: connector '{name}' takes at most {max_frames} frames "
+            f"per video; lower max_num_frames or set {name}.max_frames: {core['max_num_frames']}",
+            header="videos",
+        )
+    return SampleEncoder(
+        tokenizer,
+        core["image_token"],
+        vlm.tokens_per_image,
+        core["max_seq_length"],
+        with_instructions=needs(single["connector"], "instruction"),
+        video=VideoOptions(core["max_num_frames"], core["frame_sampling"], float(core["sampling_fps"])),
+        video_per_slot=max_frames > 1,
+        on_overlength=core["on_overlength"],
+    )

@@ -20,7 +20,8 @@ from PIL import Image
 
 from vlmplug.errors import DataError, SkipReport
 
-from .data import SampleEncoder, load_media, pad_instructions
+from .data import SampleEncoder
+from .predict import Predictor, Sampling
 
 __all__ = ["EvalSet", "Evaluation", "generate_records", "flatten_metrics"]
 
@@ -38,17 +39,20 @@ def _last_user(messages: list[dict[str, str]]) -> str:
     return users[-1] if users else ""
 
 
-def _prompt(
-    sample: dict[str, Any], index: int, evaluator: Any, encoder: SampleEncoder
-) -> tuple[list[int], list, list[int], list[list[Any]]]:
-    """``(prompt ids, images, frames per image slot, slots)`` of one evaluation sample."""
-    where = str(sample.get("_where") or f"eval sample {index}")
-    ids, slots = encoder.encode_prompt(evaluator.prompt(sample), sample, where)
-    images, frames = load_media(sample, slots, where)
-    return ids, images, frames, slots
+def _variants(samples: Sequence[dict[str, Any]], n: int, evaluator: Any) -> list[tuple[int, dict[str, Any], bool]]:
+    """``(sample index, sample to generate, whether it is the sample's last variant)`` for the first ``n``
+    samples: each sample once, or the evaluator's ``variants`` of it (e.g. rotated options)."""
+    expand = getattr(evaluator, "variants", None)
+    out: list[tuple[int, dict[str, Any], bool]] = []
+    for i in range(n):
+        found = list(expand(samples[i])) if expand is not None else [samples[i]]
+        out += [
+            (i, {**v, "_where": v.get("_where") or f"eval sample {i}"}, k == len(found) - 1)
+            for k, v in enumerate(found)
+        ]
+    return out
 
 
-@torch.no_grad()
 def generate_records(
     vlm: Any,
     samples: Sequence[dict[str, Any]],
@@ -63,86 +67,45 @@ def generate_records(
     skips: SkipReport | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Greedy-decode an answer for each sample; return ``{id, question, prediction, **references}``.
+    """Greedy-decode an answer for each sample (each of the evaluator's ``variants`` of it); return
+    ``{id, question, prediction, **references}`` records. ``progress(k)``: k more samples done.
 
     A bad sample raises its DataError, or is counted in ``skips`` when that is given."""
+    predictor = Predictor(vlm, encoder, "eval", tokenizer=tokenizer, preprocess=preprocess)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
     was_training = vlm.training
     vlm.eval()
     n = len(samples) if limit is None else min(limit, len(samples))
-    pad = tokenizer.pad_token_id
+    todo = _variants(samples, n, evaluator)
     records: list[dict[str, Any]] = []
-    device = vlm.device
     try:
-        for lo in range(0, n, batch_size):
-            batch, prompts, images, frames, instructions = [], [], [], [], []
-            for i in range(lo, min(n, lo + batch_size)):
-                sample = samples[i]
+        for lo in range(0, len(todo), batch_size):
+            chunk = todo[lo : lo + batch_size]
+            batch, prepared = [], []
+            for _, sample, _ in chunk:
                 try:
-                    ids, imgs, counts, slots = _prompt(sample, i, evaluator, encoder)
+                    prepared.append(predictor.prepare(sample, evaluator.prompt(sample)))
                 except DataError as e:
                     if skips is None:
                         raise
                     skips.add(e)
                     continue
                 batch.append(sample)
-                prompts.append(ids)
-                images += imgs
-                frames += counts
-                if encoder.with_instructions:
-                    instructions += encoder.instructions(evaluator.prompt(sample), slots)
             if batch:
-                extra = {}
-                if instructions:
-                    ins, ins_mask = pad_instructions(instructions, pad)
-                    extra = {"instruction_ids": ins.to(device), "instruction_mask": ins_mask.to(device)}
-                if any(f != 1 for f in frames):
-                    extra["image_frames"] = torch.tensor(frames, dtype=torch.long, device=device)
-                texts = _generate(vlm, prompts, images, tokenizer, preprocess, max_new_tokens, pad, device, extra)
-                for s, text in zip(batch, texts):
+                for s, done in zip(batch, predictor.complete(prepared, sampling)):
                     records.append(
                         {
                             "id": s.get("id"),
                             "question": _last_user(s["messages"]),
-                            "prediction": evaluator.parse(text),
+                            "prediction": evaluator.parse(done.text),
                             **evaluator.references(s),
                         }
                     )
             if progress is not None:
-                progress(min(n, lo + batch_size) - lo)
+                progress(sum(last for _, _, last in chunk))
     finally:
         vlm.train(was_training)
     return records
-
-
-def _generate(
-    vlm: Any,
-    prompts: list[list[int]],
-    images: list[Image.Image],
-    tokenizer: Any,
-    preprocess: Callable[[list[Image.Image]], torch.Tensor],
-    max_new_tokens: int,
-    pad: int,
-    device: torch.device,
-    extra: dict[str, torch.Tensor] | None = None,
-) -> list[str]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):  # left padding, so every prompt ends where generation starts
-        ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
-    pixel_values = preprocess(images).to(device) if images else None
-    out = vlm.generate(
-        ids.to(device),
-        mask.to(device),
-        pixel_values,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-        eos_token_id=tokenizer.eos_token_id,
-        **(extra or {}),
-    )
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,7 +28,14 @@ from vlmplug.errors import ConfigError, SkipReport, did_you_mean
 from vlmplug.modules import ModulePlan
 from vlmplug.recipe import ResolvedRecipe
 
-from .assemble import DTYPES, BuildContext, assemble_model, build_component, llm_load_kwargs, needs
+from .assemble import (
+    DTYPES,
+    BuildContext,
+    assemble_model,
+    build_component,
+    llm_load_kwargs,
+    make_sample_encoder,
+)
 from .data import EncodedDataset, SampleEncoder, TrainCollator, sample_texts
 from .evaluate import EvalSet, Evaluation, flatten_metrics
 from .hardware import Hardware
@@ -36,7 +43,6 @@ from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
 from .mixture import WeightedMixture
 from .modules import apply_module_plan, module_table
 from .session import Session, open_session
-from .video import VideoOptions
 
 __all__ = ["BuildContext", "RunResult", "run", "build_component"]
 
@@ -426,36 +432,8 @@ def _load_pretrained(recipe: ResolvedRecipe, pretrained: Path, host: Any, load_k
 
 
 def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEncoder:
-    """The tokenizer side of the data pipeline for this model: placeholders per image, instructions for
-    a text-conditioned connector, and how videos are sampled and split into image slots."""
-    core = recipe.core
-    if vlm.tokens_per_image >= core["max_seq_length"]:
-        parts = ", ".join(
-            f"{fam.replace('_', ' ')} '{recipe.single[fam].name}'" for fam in ("vision_encoder", "connector")
-        )
-        raise ConfigError(
-            f"max_seq_length {core['max_seq_length']}: one image alone takes {vlm.tokens_per_image} tokens "
-            f"({parts}); raise max_seq_length or lower the image token budget (`vlmplug info` on them)",
-            header="sequence length",
-        )
-    max_frames = int(getattr(vlm.connector, "max_frames", 1) or 1)
-    if 1 < max_frames < core["max_num_frames"]:
-        name = recipe.single["connector"].name
-        raise ConfigError(
-            f"max_num_frames {core['max_num_frames']}: connector '{name}' takes at most {max_frames} frames "
-            f"per video; lower max_num_frames or set {name}.max_frames: {core['max_num_frames']}",
-            header="videos",
-        )
-    return SampleEncoder(
-        tokenizer,
-        core["image_token"],
-        vlm.tokens_per_image,
-        core["max_seq_length"],
-        with_instructions=needs(recipe.single["connector"], "instruction"),
-        video=VideoOptions(core["max_num_frames"], core["frame_sampling"], float(core["sampling_fps"])),
-        video_per_slot=max_frames > 1,
-        on_overlength=core["on_overlength"],
-    )
+    """The tokenizer side of the data pipeline for this run's model (see :func:`.assemble.make_sample_encoder`)."""
+    return make_sample_encoder(recipe.core, recipe.single, vlm, tokenizer)
 
 
 def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:

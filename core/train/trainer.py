@@ -210,11 +210,12 @@ class VLMTrainer(Trainer):
         """``group_by_length`` from the lengths the dataset knows (``lengths()``), not from loading every
         item as the Trainer would (that decodes every image of the training set before step 1)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+        lengths = getattr(dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and callable(lengths):
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
             return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths()
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths()
             )
         return super()._get_train_sampler(train_dataset)
 
