@@ -17,6 +17,7 @@ import click
 from ._version import __version__
 from .data_cli import data
 from .errors import ConfigError, VlmplugError
+from .eval_cli import build_evaluators, chat_cmd, component_options, eval_cmd
 from .registry import FAMILIES
 
 __all__ = ["cli", "main"]
@@ -414,34 +415,42 @@ def train(recipe: str | None, plugins: str, sets: tuple[str, ...], output_dir: s
 @cli.command()
 @click.option("--evaluator", "-e", "evaluator_name", required=True, help="Evaluator component, e.g. vqa.")
 @click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--option",
+    "-O",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the evaluator, e.g. base_url=http://127.0.0.1:8000/v1 (repeatable; `vlmplug info NAME`).",
+)
 @click.option("--per-sample", type=click.Path(dir_okay=False), help="Write per-sample scores (JSONL) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of metric -> value.")
 @handle_errors
-def score(evaluator_name: str, predictions: str, per_sample: str | None, as_json: bool) -> None:
-    """Score a predictions file (JSONL with 'prediction' and the references) without any model."""
-    from .errors import DataError
-    from .recipe import _Resolver
+def score(
+    evaluator_name: str, predictions: str, options: tuple[str, ...], per_sample: str | None, as_json: bool
+) -> None:
+    """Score a predictions file (JSONL with 'prediction' and the references) without any model.
+
+    The predictions.jsonl that `vlmplug eval` writes holds rows of several evaluators: only the rows of
+    --evaluator are scored."""
+    from .errors import DataError, read_text
 
     host = _host()
-    spec = host.registry.get(evaluator_name)
-    if spec is None or spec.family != "evaluator":
-        raise ConfigError(
-            _Resolver(host.registry, host).unknown_name(evaluator_name, "evaluator", "--evaluator"),
-            header="unknown evaluator",
-        )
-    evaluator = spec.load_factory()(spec.default_config(), None)
-    from .errors import read_text
-
+    [(_, evaluator)] = build_evaluators(
+        host, [evaluator_name], component_options(options, [evaluator_name], "--option"), "--evaluator"
+    )
     rows = []
     for n, line in enumerate(read_text(predictions, "predictions file", DataError).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{predictions}:{n}: not valid JSON ({e.msg})") from None
+        if row.get("evaluator", evaluator_name) == evaluator_name:
+            rows.append(row)
     if not rows:
-        raise DataError(f"{predictions}: no predictions (expected JSONL lines with 'prediction')")
+        raise DataError(f"{predictions}: no predictions for {evaluator_name} (expected JSONL lines with 'prediction')")
     try:
         metrics, scores = evaluator.score(rows)
     except ValueError as e:
@@ -498,6 +507,8 @@ def export(run_dir: str, fmt: str, out: str) -> None:
 
 
 cli.add_command(data)
+cli.add_command(eval_cmd)
+cli.add_command(chat_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
