@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,9 @@ def component_options(items: Iterable[str], names: list[str], flag: str) -> dict
 def build_evaluators(host: Any, names: list[str], options: dict[str, dict[str, Any]], flag: str) -> list[Any]:
     """``[(name, evaluator)]``: each an evaluator component built with its options (validated like a
     recipe's); an unknown name or option is a ConfigError with a did-you-mean, before anything loads."""
+    from .build import build_component
     from .recipe import Selection, _Resolver
     from .registry import validate_options
-    from .build import build_component
 
     built, problems = [], []
     for name in names:
@@ -196,7 +197,7 @@ def eval_cmd(
                 max_new_tokens=max_new_tokens,
                 limit=limit,
                 skips=skips,
-                progress=lambda k, t=task: progress.advance(t, k),
+                progress=partial(progress.advance, task),
             )
             if not records:
                 raise ConfigError(f"{dataset}: no sample could be evaluated (all skipped)", header="eval")
