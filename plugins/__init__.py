@@ -40,6 +40,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.optim.packing",
     "vlmplug.plugins.optim.deepspeed_zero3",
     "vlmplug.plugins.evaluators.vqa",
+    "vlmplug.plugins.evaluators.textvqa",
+    "vlmplug.plugins.evaluators.gqa",
+    "vlmplug.plugins.evaluators.docvqa",
+    "vlmplug.plugins.evaluators.pope",
+    "vlmplug.plugins.evaluators.multiple_choice",
     "vlmplug.plugins.interop.llava_hf",
     "vlmplug.plugins.roadmap",
 )

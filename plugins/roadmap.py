@@ -40,11 +40,6 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "dataset_format": (),
     "optimizer_stack": (_planned("fsdp", flat_keys=("fsdp", "fsdp_config")),),
     "evaluator": (
-        _planned("textvqa"),
-        _planned("gqa"),
-        _planned("docvqa"),
-        _planned("pope"),
-        _planned("multiple-choice"),
         _planned("llm-judge"),
     ),
 }

@@ -501,20 +501,27 @@ def _check_optimizer_stack(spec: Any, options: dict[str, Any], tmp: Path) -> dic
 def _check_evaluator(spec: Any, options: dict[str, Any], tmp: Path) -> dict[str, Any]:
     ev = _build(spec, options, tiny.make_ctx())
     assert isinstance(ev.primary_metric, str) and ev.primary_metric
+    # a yes/no question carrying the reference fields of every built-in evaluator's kind: answers
+    # (VQA-style), label (POPE), options (multiple choice), captions
     sample = {
         "messages": [
-            {"role": "user", "content": "<image>\nWhat color is the shape?"},
-            {"role": "assistant", "content": "green"},
+            {"role": "user", "content": "<image>\nIs the shape green?"},
+            {"role": "assistant", "content": "yes"},
         ],
         "images": [],
-        "answers": ["green"],
+        "answers": ["yes"],
+        "label": "yes",
+        "options": {"A": "yes", "B": "no"},
+        "captions": ["a green shape"],
     }
-    prompt = ev.prompt(sample)
+    variants = ev.variants(sample) if hasattr(ev, "variants") else [sample]
+    assert isinstance(variants, list) and variants, f"{spec.name}: variants() must return a non-empty list"
+    prompt = ev.prompt(variants[0])
     assert isinstance(prompt, list) and all({"role", "content"} <= set(m) for m in prompt)
-    refs = ev.references(sample)
+    refs = ev.references(variants[0])
     json.dumps(refs)
-    assert isinstance(ev.parse(" green \n"), str)
-    records = [{"prediction": ev.parse("green"), **refs}, {"prediction": ev.parse("blue"), **refs}]
+    assert isinstance(ev.parse(" yes \n"), str)
+    records = [{"prediction": ev.parse("yes"), **refs}, {"prediction": ev.parse("no"), **refs}]
     metrics, per_sample = ev.score(records)
     json.dumps(metrics)
     assert isinstance(metrics[ev.primary_metric], float), f"{spec.name}: primary metric must be a float"

@@ -50,6 +50,11 @@ BUILTINS = {
     "packing",
     "deepspeed-zero3",
     "vqa",
+    "textvqa",
+    "gqa",
+    "docvqa",
+    "pope",
+    "multiple-choice",
 }
 
 

@@ -19,6 +19,8 @@ class VqaEvaluator(EvaluatorBase):
 
     def __init__(self, config: Any):
         self.suffix = config.prompt_suffix
+        #: Normalise generations like LLaVA's submission conversion (``process_prediction``).
+        self.process_prediction = bool(getattr(config, "process_prediction", False))
 
     def prompt(self, sample: Mapping[str, Any]) -> list[dict[str, str]]:
         """The conversation up to (not including) the last assistant turn."""
@@ -30,28 +32,31 @@ class VqaEvaluator(EvaluatorBase):
         return msgs
 
     def references(self, sample: Mapping[str, Any]) -> dict[str, Any]:
-        """``answers`` (the sample's, else the last assistant turn) and ``question_type`` when present."""
+        """``answers`` (the sample's, else the last assistant turn), and ``question_type`` and
+        ``answer_type`` when present."""
         refs = sample.get("answers")
         if refs:
             answers = list(refs) if isinstance(refs, (list, tuple)) else [refs]
         else:
             answers = [[m for m in sample["messages"] if m["role"] == "assistant"][-1]["content"]]
         out: dict[str, Any] = {"answers": answers}
-        if sample.get("question_type") is not None:
-            out["question_type"] = sample["question_type"]
+        for key in ("question_type", "answer_type"):
+            if sample.get(key) is not None:
+                out[key] = sample[key]
         return out
 
     def parse(self, text: str) -> str:
+        """The first line, stripped; with ``process_prediction``, through the EvalAI answer processor."""
         text = text.strip()
-        return text.splitlines()[0].strip() if text else ""
+        first = text.splitlines()[0].strip() if text else ""
+        if self.process_prediction:
+            from ._textvqa import process_answer  # the processor TextVQA applies to both sides
+
+            return process_answer(first)
+        return first
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[float]]:
-        metrics, scores = score_samples(list(records))
-        per_type = {k[len("accuracy_") :]: v for k, v in metrics.items() if k.startswith("accuracy_")}
-        out: dict[str, Any] = {k: v for k, v in metrics.items() if not k.startswith("accuracy_")}
-        if per_type:
-            out["per_type"] = per_type
-        return out, scores
+        return score_samples(list(records))
 
     def baselines(
         self, train: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]

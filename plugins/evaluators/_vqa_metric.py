@@ -1,87 +1,101 @@
-"""VQAv2 accuracy, computed the way the official VQA evaluation script does.
+"""VQAv2 accuracy, computed exactly as the official VQA evaluation script does.
 
 Reference
 ---------
-S. Antol, A. Agrawal, J. Lu, M. Mitchell, D. Batra, C. L. Zitnick and D. Parikh,
-"VQA: Visual Question Answering", ICCV 2015; and the official evaluation script
-of the VQA API (``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` in the
-GT-Vision-Lab/VQA repository, current Python 3 version).  This module is an
-independent, standard-library-only re-implementation of that script's rules.
+S. Antol, A. Agrawal, J. Lu, M. Mitchell, D. Batra, C. L. Zitnick and D. Parikh, "VQA: Visual
+Question Answering", ICCV 2015; Y. Goyal et al., "Making the V in VQA Matter", CVPR 2017 (VQAv2).
+The rules are those of ``VQAEval.evaluate`` in the official script
+(``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of the GT-Vision-Lab/VQA repository, current
+version: the one that cleans the whitespace of the reference answers and processes both sides
+only when the references disagree).  This module is an independent, standard-library-only
+re-implementation of those rules; on every question with ten reference answers it returns the
+official per-question accuracy (as a fraction, see below).
 
-Method
-------
-Every VQAv2 question has ten free-form human answers.  A predicted answer is
-first normalised (see :func:`normalize_answer`), then compared by exact string
-equality against the reference answers.  A prediction counts as fully correct
-when at least three humans gave it, i.e. ``min(1, #matches / 3)``.  To make the
-machine score comparable with human agreement, the official script averages
-this quantity over the ten leave-one-out subsets of nine references: for each
-reference *i* it counts the matches among the *other* references, takes
-``min(1, matches / 3)`` and returns the mean over all *i*.  With ten references
-a prediction given by 0, 1, 2, 3 or >= 4 of them scores 0.0, 0.3, 0.6, 0.9 and
-1.0 respectively.
+How the official script scores one question
+-------------------------------------------
+1. **Whitespace.**  In the prediction and in every reference answer, ``"\\n"`` and ``"\\t"``
+   become spaces and the ends are stripped (:func:`clean_whitespace`).
+2. **Do the references agree?**  The cleaned reference strings are compared with each other.
+   Only when they are *not* all the same string are the references and the prediction both
+   processed further: first :func:`process_punctuation`, then :func:`process_digit_article`
+   (together with step 1 this is :func:`normalize_answer`).  When all references are the same
+   string, nothing more is done to either side.
+3. **Leave-one-out.**  For each reference *i* the script counts how many of the *other*
+   references equal the prediction, takes ``min(1, matches / 3)``, and averages over all *i*.
+   With ten references a prediction given by 0, 1, 2, 3 or >= 4 of them scores 0.0, 0.3, 0.6,
+   0.9 and 1.0.
 
-Normalisation (identical to the official processing of predictions):
+Punctuation (:func:`process_punctuation`): for each mark in
+``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` the decision is taken once for the whole string,
+looking at the text as it came in: every occurrence is *deleted* if the mark stands next to a
+space anywhere (``"x "`` or ``" x"``) or if the text contains a digit-comma-digit group such as
+``"10,000"``; otherwise every occurrence becomes a space.  Then a period not followed by a digit
+is deleted (``"3.5"`` survives, ``"dog."`` becomes ``"dog"``).  Apostrophes, colons and every
+other character are kept.
 
-1. ``"\\n"`` and ``"\\t"`` become spaces, then surrounding whitespace is
-   stripped.
-2. Punctuation.  For each mark in ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !``
-   the decision is taken once for the whole string (looking at the text as it
-   was before this step): every occurrence of the mark is *deleted* if the mark
-   appears anywhere next to a space (``"x "`` or ``" x"``) or if the text
-   contains a digit-comma-digit group such as ``"10,000"``; otherwise every
-   occurrence is replaced by a space.  Then a period that is not followed by a
-   digit is deleted (so ``"3.5"`` survives and ``"dog."`` becomes ``"dog"``);
-   like the official code, at most 32 such periods are deleted (the official
-   script passes ``re.UNICODE``, whose value is 32, in the ``count`` position of
-   ``Pattern.sub``).  Apostrophes, colons, periods before digits and any other
-   character not listed are kept.
-3. Words.  The text is lower-cased and split on whitespace; the number words
-   ``none`` and ``zero`` .. ``ten`` become ``0`` .. ``10``; the articles ``a``,
-   ``an``, ``the`` are dropped; apostrophe-less contractions are restored
-   (``dont`` -> ``don't``, ``whats`` -> ``what's``, ...) using the official
-   table; words are re-joined with single spaces.
+Digits and articles (:func:`process_digit_article`): the text is lower-cased and split on
+whitespace; ``none`` and ``zero`` .. ``ten`` become ``0`` .. ``10``; ``a``, ``an`` and ``the`` are
+dropped; apostrophe-less contractions are restored from the official table (``dont`` ->
+``don't``); the words are re-joined with single spaces.
 
-Deliberate differences from the official script
------------------------------------------------
-* **References are fully normalised.**  The official script applies *only* the
-  punctuation step (no lower-casing, number words, articles or contractions,
-  no whitespace handling) to the reference answers, and skips even that when
-  all references of a question are the same string.  Here every reference goes
-  through :func:`normalize_answer`, exactly like the prediction.  This gives
-  the official result for every question whose reference answers are already
-  in normalised form (``normalize_answer(a) == a``): normalisation is
-  idempotent and the punctuation step leaves a normalised string unchanged, so
-  both sides compare the same strings.  When references are *not* normalised
-  (e.g. ``"Two"``, ``"a dog"``, ``"t-shirt"``), the official script can never
-  match them, because a normalised prediction never equals a non-normalised
-  string, whereas this module can; in that case the score here is higher, and
-  it is never lower than the official one.  The single exception is a
-  pathological answer with more than 32 stray periods, where the official
-  32-deletion cap makes normalisation non-idempotent.  In particular, the
-  official "skip when all references are identical" shortcut is *not* always
-  equivalent to normalising: it is equivalent exactly when that shared answer
-  is already normalised.
-* **A single reference answer is scored by exact match** (1.0 or 0.0 after
-  normalisation).  The official leave-one-out formula would always give 0.0
-  for one reference, which is useless for datasets with one answer per
-  question.
-* Leave-one-out is by position: with references given as plain strings,
-  duplicates are distinct entries (the official code compares annotation
-  dicts, which always differ by ``answer_id``, so this is the same).
+Quirks of the official script reproduced here
+---------------------------------------------
+* **Nothing but whitespace is normalised when the references all agree.**  Lower-casing,
+  punctuation, number words and articles are handled only in step 2's "disagree" branch.  Ten
+  references ``"yes"``: prediction ``"yes"`` scores 1.0, but ``"Yes"``, ``"yes."`` and
+  ``"a yes"`` score 0.0.  Ten references ``"Yes"`` (never so in VQAv2, whose answers are
+  lower-case): prediction ``"Yes"`` scores 1.0 and ``"yes"`` 0.0.
+* **When they disagree, everything is normalised, references included.**  Nine ``"yes"`` and one
+  ``"Yes"``: prediction ``"Yes."`` becomes ``"yes"``, all ten references become ``"yes"``, and
+  the score is 1.0.  ``["Two", "two", "TWO", "2"]`` all become ``"2"``.
+* **Whitespace decides agreement.**  ``" yes"`` and ``"yes"`` are the same after step 1, so ten
+  references mixing them agree (the prediction is then compared unprocessed).
+* **The punctuation decision is per mark and for the whole string**: ``"t-shirt"`` ->
+  ``"t shirt"`` but ``"t-shirt - x"`` -> ``"tshirt x"``; any ``digit,digit`` deletes every mark:
+  ``"1,5 t-shirt"`` -> ``"15 tshirt"``.  Only ``"\\n"``/``"\\t"`` count as spaces before this
+  step, so ``"t-shirt\\r-"`` -> ``"t shirt"`` but ``"t-shirt\\n-"`` -> ``"tshirt"``.
+* **At most 32 stray periods are deleted.**  The official call passes ``re.UNICODE`` (whose value
+  is 32) where ``Pattern.sub`` takes its ``count``.  Its period pattern starts with ``(?!<=\\d)``,
+  a mistyped look-behind that is really a look-ahead for ``"<="`` and never matches at a ``"."``,
+  so it has no effect.
+* **Contractions are looked up after lower-casing**, so the table's capitalised keys (``Im``,
+  ``Ive``, ``Id've``, ``I'dve``) never apply; ``somebody'd`` -> ``somebodyd`` is in the table.
+* **Leave-one-out compares whole annotation dicts.**  The script drops every reference *equal* to
+  the left-out one, comparing the ``{"answer", "answer_id", ...}`` dicts (after their ``answer``
+  was cleaned / processed).  VQAv2's dicts differ by ``answer_id``, so this is leave-one-out by
+  position; references given as ``{"answer": ...}`` dicts here are compared the same way, so
+  dicts identical in every key are dropped together: ten ``{"answer": "yes"}`` without ids score
+  0.0 for ``"yes"`` (each left-out removes all ten), as in the official script.  Plain strings
+  are distinct by position (as if each had its own ``answer_id``).
+
+Deliberate differences (vlmplug extensions)
+-------------------------------------------
+* **One reference answer: exact match after normalising both sides** (:func:`normalize_answer`),
+  1.0 or 0.0.  The official leave-one-out would always give 0.0 for one reference, which is
+  useless for datasets with one answer per question.  Two to nine references follow the
+  official rules unchanged (VQAv2 always has ten).
 * Scores are fractions in [0, 1], not percentages rounded to two decimals.
-* Per-question-type accuracy averages the per-question scores (the current
-  official script does the same; an earlier version of it averaged only the
-  last leave-one-out term).
+* Per-question-type and per-answer-type accuracies average the per-question scores, like the
+  current official script; their keys are lower-cased with whitespace runs turned into ``_``.
+* ``yes_ratio`` is an extra bias check (see :func:`score_samples`).
+* Malformed input raises ``ValueError`` naming the record instead of failing deep inside.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["normalize_answer", "vqa_accuracy", "score_samples"]
+__all__ = [
+    "clean_whitespace",
+    "process_punctuation",
+    "process_digit_article",
+    "normalize_answer",
+    "leave_one_out",
+    "vqa_accuracy",
+    "score_samples",
+]
 
 # Marks handled by the punctuation step.  The period is not here: it has its
 # own rule (see _STRAY_PERIOD).
@@ -265,8 +279,13 @@ _CONTRACTIONS = {
 _YES_NO = frozenset({"yes", "no"})
 
 
-def _process_punctuation(text: str) -> str:
-    """Punctuation step of the official processing (step 2 of the docstring)."""
+def clean_whitespace(text: str) -> str:
+    """Step 1 of the official script: ``"\\n"`` and ``"\\t"`` become spaces, the ends are stripped."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def process_punctuation(text: str) -> str:
+    """The official ``processPunctuation`` (see the module docstring)."""
     delete_all = _DIGIT_COMMA_DIGIT.search(text) is not None
     result = text
     for mark in _PUNCTUATION_MARKS:
@@ -280,8 +299,8 @@ def _process_punctuation(text: str) -> str:
     return _STRAY_PERIOD.sub("", result, count=_MAX_PERIODS_DELETED)
 
 
-def _process_words(text: str) -> str:
-    """Number-word, article and contraction step (step 3 of the docstring)."""
+def process_digit_article(text: str) -> str:
+    """The official ``processDigitArticle``: lower-case, number words, articles, contractions."""
     words = []
     for word in text.lower().split():
         word = _NUMBER_WORDS.get(word, word)
@@ -292,12 +311,10 @@ def _process_words(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """Normalise an answer string as the official VQA evaluation does.
+    """The full official processing of an answer: whitespace, punctuation, digits and articles.
 
-    Newlines and tabs become spaces and the ends are stripped; punctuation is
-    deleted or turned into spaces; stray periods are deleted; then the text is
-    lower-cased, number words become digits, articles are dropped and
-    contractions restored.  See the module docstring for the exact rules.
+    The official script applies it (to the prediction and to every reference) only when the
+    references of a question disagree; see :func:`vqa_accuracy`.
 
     >>> normalize_answer("Two dogs.")
     '2 dogs'
@@ -306,128 +323,165 @@ def normalize_answer(text: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"answer must be a string, got {type(text).__name__}")
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_words(_process_punctuation(text))
+    return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+def leave_one_out(prediction: str, references: Sequence[str], identities: Sequence[Any] | None = None) -> float:
+    """Mean over references *i* of ``min(1, #{j : identity_j != identity_i, ref_j == prediction} / 3)``.
+
+    ``identities`` tell which references are left out together with reference *i* (every one
+    equal to it); by default each reference is its own (leave-one-out by position).  Strings are
+    compared exactly: process them first.
+    """
+    if not references:
+        raise ValueError("references must not be empty")
+    ids: Sequence[Any] = range(len(references)) if identities is None else identities
+    total = 0.0
+    for left_out in ids:
+        matches = sum(1 for ref, other in zip(references, ids) if other != left_out and ref == prediction)
+        total += min(1.0, matches / 3.0)
+    return total / len(references)
+
+
+def _answer_text(item: Any, position: int) -> str:
+    if isinstance(item, Mapping):
+        if "answer" not in item:
+            raise ValueError(f"answers[{position}] has no 'answer' key")
+        item = item["answer"]
+    if not isinstance(item, str):
+        raise TypeError(f"answers[{position}] must be a string, got {type(item).__name__}")
+    return item
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str | Mapping[str, Any]]) -> float:
     """VQA accuracy of one prediction against its reference answers, in [0, 1].
 
-    Both the prediction and every reference are normalised with
-    :func:`normalize_answer` (the official script only partly normalises
-    references; the module docstring states exactly when the results agree).
+    ``answers`` holds strings or VQAv2 annotation dicts (``{"answer": ..., "answer_id": ...}``).
 
-    * Two or more references (VQAv2 has ten): the official leave-one-out
-      average, ``mean_i min(1, #{j != i : ref_j == pred} / 3)``.
-    * Exactly one reference: exact match after normalisation, 1.0 or 0.0.
+    * Two or more references (VQAv2 has ten): the official rules of the module docstring —
+      whitespace cleaned on both sides; both sides fully processed only if the cleaned
+      references disagree; leave-one-out over the references (dicts equal in every key are left
+      out together, strings by position).
+    * Exactly one reference (a vlmplug extension): exact match after :func:`normalize_answer` of
+      both sides, 1.0 or 0.0.
 
-    Raises ``ValueError`` if ``answers`` is empty and ``TypeError`` if it is a
-    bare string or holds non-strings.
+    Raises ``ValueError`` if ``answers`` is empty or a dict lacks ``answer``, and ``TypeError`` if
+    ``answers`` is a bare string or holds non-strings.
     """
     if isinstance(answers, str):
         raise TypeError("answers must be a list of strings, not a single string; wrap it in a list")
-    references = [normalize_answer(answer) for answer in answers]
-    if not references:
+    if not isinstance(prediction, str):
+        raise TypeError(f"prediction must be a string, got {type(prediction).__name__}")
+    texts = [_answer_text(item, i) for i, item in enumerate(answers)]
+    if not texts:
         raise ValueError("answers must contain at least one reference answer")
-    predicted = normalize_answer(prediction)
 
-    if len(references) == 1:
-        return 1.0 if references[0] == predicted else 0.0
+    if len(texts) == 1:
+        return 1.0 if normalize_answer(prediction) == normalize_answer(texts[0]) else 0.0
 
-    hits = [reference == predicted for reference in references]
-    total_hits = sum(hits)
-    score = 0.0
-    for hit in hits:
-        # Matches among the other references once this one is left out.
-        others = total_hits - 1 if hit else total_hits
-        score += min(1.0, others / 3.0)
-    return score / len(references)
+    references = [clean_whitespace(t) for t in texts]
+    predicted = clean_whitespace(prediction)
+    if len(set(references)) > 1:
+        references = [process_digit_article(process_punctuation(r)) for r in references]
+        predicted = process_digit_article(process_punctuation(predicted))
+    # What the official script compares when it leaves a reference out: the annotation dict as it
+    # is by then (its answer cleaned and perhaps processed); a plain string is its own entry.
+    identities = [
+        {**item, "answer": ref} if isinstance(item, Mapping) else ("position", i)
+        for i, (item, ref) in enumerate(zip(answers, references))
+    ]
+    return leave_one_out(predicted, references, identities)
 
 
-def _reference_strings(raw: Any, row: int, answers_key: str) -> list[str]:
-    """Turn a sample's answers field into a list of strings."""
+def _check_answers(raw: Any, where: str, answers_key: str) -> list[Any]:
+    """The answers field as a validated list of strings / ``{"answer": str}`` dicts."""
     if isinstance(raw, str):
         return [raw]
     if not isinstance(raw, (list, tuple)):
         raise ValueError(
-            f"row {row}: {answers_key!r} must be a string, a list of strings or "
+            f"{where}: {answers_key!r} must be a string, a list of strings or "
             f"a list of {{'answer': ...}} objects, got {type(raw).__name__}"
         )
     if not raw:
-        raise ValueError(f"row {row}: {answers_key!r} is empty")
-    strings = []
+        raise ValueError(f"{where}: {answers_key!r} is empty")
     for position, item in enumerate(raw):
         if isinstance(item, Mapping):
             if "answer" not in item:
-                raise ValueError(f"row {row}: {answers_key!r}[{position}] has no 'answer' key")
+                raise ValueError(f"{where}: {answers_key!r}[{position}] has no 'answer' key")
             item = item["answer"]
         if not isinstance(item, str):
-            raise ValueError(f"row {row}: {answers_key!r}[{position}] must be a string, got {type(item).__name__}")
-        strings.append(item)
-    return strings
+            raise ValueError(f"{where}: {answers_key!r}[{position}] must be a string, got {type(item).__name__}")
+    return list(raw)
 
 
-def _type_key(question_type: Any) -> str:
-    """Metric-name form of a question type: lower case, spaces -> underscores."""
-    return "_".join(str(question_type).lower().split())
+def _type_key(value: Any) -> str:
+    """Metric-name form of a question / answer type: lower case, whitespace runs -> ``_``."""
+    return "_".join(str(value).lower().split())
+
+
+def _group_means(groups: dict[str, list[float]]) -> dict[str, float]:
+    return {key: sum(groups[key]) / len(groups[key]) for key in sorted(groups)}
 
 
 def score_samples(
     samples: Iterable[Mapping],
     prediction_key: str = "prediction",
     answers_key: str = "answers",
-) -> tuple[dict[str, float], list[float]]:
-    """Score many samples with :func:`vqa_accuracy`.
+    accuracy: Callable[[str, list[Any]], float] = vqa_accuracy,
+    label: str = "row",
+) -> tuple[dict[str, Any], list[float]]:
+    """Score many samples with ``accuracy(prediction, answers)`` (:func:`vqa_accuracy` by default).
 
-    Each sample is a mapping with a prediction string under ``prediction_key``
-    and references under ``answers_key``: a list of strings, a list of
-    ``{"answer": ...}`` dicts (the VQAv2 annotation form) or a single string.
+    Each sample is a mapping with a prediction string under ``prediction_key`` and references
+    under ``answers_key``: a list of strings, a list of ``{"answer": ...}`` dicts (the VQAv2
+    annotation form) or a single string.
 
     Returns ``(metrics, per_sample_scores)``.  ``metrics`` holds
 
     * ``accuracy``: mean score over all samples, in [0, 1];
-    * ``count``: the number of samples (as a float);
-    * ``accuracy_<type>`` for each ``question_type`` found on the samples
-      (lower-cased, whitespace runs -> ``_``), averaged over the samples of
-      that type; samples without the field (or with an empty one) only count
-      towards the overall figures;
-    * ``yes_ratio``, present when at least one sample's normalised references
-      are all "yes"/"no": the fraction of those samples whose normalised
-      prediction is "yes" (a bias check for yes/no questions).
+    * ``count``: the number of samples;
+    * ``per_type``: ``{question_type: accuracy}`` over the samples that carry a non-empty
+      ``question_type`` (keys lower-cased, whitespace runs -> ``_``), when any does;
+    * ``per_answer_type``: the same for ``answer_type`` (VQAv2: ``yes/no``, ``number``,
+      ``other``), when any sample carries one;
+    * ``yes_ratio``, present when at least one sample's normalised references are all
+      "yes"/"no": the fraction of those samples whose normalised prediction is "yes" (a bias
+      check for yes/no questions; not an official metric).
 
-    Raises ``ValueError`` naming the 0-based row for a sample that is not a
-    mapping, lacks either key or has malformed answers, and when there are no
-    samples at all.
+    Raises ``ValueError`` naming the 0-based record (``"<label> N: ..."``) for a sample that is
+    not a mapping, lacks either key or has malformed answers, and when there are no samples.
     """
     scores: list[float] = []
     by_type: dict[str, list[float]] = {}
+    by_answer_type: dict[str, list[float]] = {}
     yes_no_total = 0
     yes_no_said_yes = 0
 
     for row, sample in enumerate(samples):
+        where = f"{label} {row}"
         if not isinstance(sample, Mapping):
             raise ValueError(
-                f"row {row}: expected a mapping with {prediction_key!r} and "
-                f"{answers_key!r}, got {type(sample).__name__}"
+                f"{where}: expected a mapping with {prediction_key!r} and {answers_key!r}, got {type(sample).__name__}"
             )
         for key in (prediction_key, answers_key):
             if key not in sample:
-                raise ValueError(f"row {row}: missing {key!r} (each line needs {prediction_key!r} and {answers_key!r})")
+                raise ValueError(f"{where}: missing {key!r} (each line needs {prediction_key!r} and {answers_key!r})")
         prediction = sample[prediction_key]
         if not isinstance(prediction, str):
-            raise ValueError(f"row {row}: {prediction_key!r} must be a string, got {type(prediction).__name__}")
-        references = _reference_strings(sample[answers_key], row, answers_key)
+            raise ValueError(f"{where}: {prediction_key!r} must be a string, got {type(prediction).__name__}")
+        references = _check_answers(sample[answers_key], where, answers_key)
 
-        score = vqa_accuracy(prediction, references)
+        score = accuracy(prediction, references)
         scores.append(score)
 
-        question_type = sample.get("question_type")
-        if question_type is not None:
-            key = _type_key(question_type)
+        for field, groups in (("question_type", by_type), ("answer_type", by_answer_type)):
+            value = sample.get(field)
+            key = _type_key(value) if value is not None else ""
             if key:
-                by_type.setdefault(key, []).append(score)
+                groups.setdefault(key, []).append(score)
 
-        if all(normalize_answer(r) in _YES_NO for r in references):
+        texts = [r["answer"] if isinstance(r, Mapping) else r for r in references]
+        if all(normalize_answer(t) in _YES_NO for t in texts):
             yes_no_total += 1
             if normalize_answer(prediction) == "yes":
                 yes_no_said_yes += 1
@@ -435,13 +489,11 @@ def score_samples(
     if not scores:
         raise ValueError("no samples to score")
 
-    metrics: dict[str, float] = {
-        "accuracy": sum(scores) / len(scores),
-        "count": float(len(scores)),
-    }
-    for key in sorted(by_type):
-        type_scores = by_type[key]
-        metrics[f"accuracy_{key}"] = sum(type_scores) / len(type_scores)
+    metrics: dict[str, Any] = {"accuracy": sum(scores) / len(scores), "count": len(scores)}
+    if by_type:
+        metrics["per_type"] = _group_means(by_type)
+    if by_answer_type:
+        metrics["per_answer_type"] = _group_means(by_answer_type)
     if yes_no_total:
         metrics["yes_ratio"] = yes_no_said_yes / yes_no_total
     return metrics, scores

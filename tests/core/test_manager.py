@@ -49,6 +49,11 @@ BUILTIN_COMPONENTS = {
     "packing": "optimizer_stack",
     "deepspeed-zero3": "optimizer_stack",
     "vqa": "evaluator",
+    "textvqa": "evaluator",
+    "gqa": "evaluator",
+    "docvqa": "evaluator",
+    "pope": "evaluator",
+    "multiple-choice": "evaluator",
 }
 
 
