@@ -132,3 +132,22 @@ def test_chat_session_attaches_images_and_keeps_the_conversation(saved_run: Path
     first = {"messages": [{"role": "user", "content": "<image>\nWhat color is the shape?"}], "images": [image]}
     answer = predictor.complete([predictor.prepare(first)], Sampling(max_new_tokens=4))[0].text
     assert f"> {answer}" in res.output
+
+
+def test_circular_multiple_choice_asks_every_rotation(saved_run: Path, shapes: Path, tmp_path: Path) -> None:
+    rows = []
+    for line in shapes.read_text().splitlines()[:2]:
+        row = json.loads(line)
+        row["options"] = {"A": "red", "B": "green", "C": "blue"}
+        row["answer"] = "A"
+        rows.append(row)
+    data = shapes.parent / "mc.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = _invoke("eval", str(saved_run), "-e", "multiple-choice", "--data", str(data), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    written = _rows(tmp_path / "o" / "predictions.jsonl")
+    assert len(written) == 2 * 3  # one answer per rotation of the three options
+    assert sorted(r["rotation"] for r in written) == [0, 0, 1, 1, 2, 2]
+    assert len({r["circular_id"] for r in written}) == 2
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())["metrics"]["multiple-choice"]
+    assert 0.0 <= metrics["accuracy"] <= metrics["vanilla_accuracy"] <= 1.0

@@ -122,6 +122,10 @@ class Predictor:
         manifest = vlm.manifest
         single = selections_from_manifest(manifest["components"], host.registry, str(model_dir))
         core = {"on_overlength": "error", **manifest["core"]}
+        # a prompt may be as long as the LLM's positions allow (training's max_seq_length bounds memory)
+        limit = getattr(getattr(vlm.llm, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > core["max_seq_length"]:
+            core["max_seq_length"] = limit
         encoder = make_sample_encoder(core, single, vlm, vlm.tokenizer)
         folder = Path(path).resolve()
         return cls(vlm, encoder, name or (folder.parent.name if folder.name == "model" else folder.name))

@@ -114,3 +114,14 @@ def test_an_image_count_mismatch_names_the_request(predictor: Predictor) -> None
 def test_a_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no saved vlmplug model here"):
         Predictor.load(str(tmp_path))
+
+
+def test_prompts_may_exceed_the_training_length_up_to_the_llms_positions(predictor: Predictor) -> None:
+    trained = predictor.vlm.manifest["core"]["max_seq_length"]
+    positions = predictor.vlm.llm.config.max_position_embeddings
+    words = " ".join(["red"] * (trained + 8))
+    prepared = predictor.prepare({"messages": [{"role": "user", "content": words}]})
+    assert trained < len(prepared.ids) < positions
+    assert predictor.complete([prepared], Sampling(max_new_tokens=2))[0].prompt_tokens == len(prepared.ids)
+    with pytest.raises(DataError, match=f"exceed max_seq_length {positions}"):
+        predictor.prepare({"messages": [{"role": "user", "content": " ".join(["red"] * positions)}]})
