@@ -191,7 +191,6 @@ def test_plugins_unknown_name_did_you_mean(host: Any, quickstart: dict) -> None:
 @pytest.mark.parametrize(
     "name, family, available",
     [
-        ("textvqa", "evaluator", "vqa"),
         (
             "fsdp",
             "optimizer stack",
@@ -208,11 +207,11 @@ def test_plugins_roadmap_name(host: Any, quickstart: dict, name: str, family: st
 
 
 def test_every_problem_is_reported_together(host: Any, quickstart: dict) -> None:
-    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "textvqa"), sets=("max_steps=abc",))
+    got = problems(host, quickstart, plugins=("linear", "mlp", "mpl", "fsdp"), sets=("max_steps=abc",))
     assert len(got) == 4
     assert "--plugins: connector: choose one of linear, mlp" in got
     assert any("unknown component 'mpl'" in p for p in got)
-    assert any("'textvqa' (evaluator) is on the vlmplug roadmap" in p for p in got)
+    assert any("'fsdp' (optimizer stack) is on the vlmplug roadmap" in p for p in got)
     assert "--set max_steps: expected an integer, got 'abc'" in got
 
 
