@@ -216,6 +216,8 @@ class DatasetFormat(Protocol):
     frames, ``{"frames": [...], "fps": N}``, a frame folder or a video file; see
     :mod:`vlmplug.train.video`); extra fields (``answers``, ``id``, ...) are kept for evaluators; ``_where``
     (e.g. ``"train.jsonl:12"``) names the row in error messages.
+
+    Optional: ``stream()``, which lets a run stream the format (:class:`StreamingDatasetFormat`).
     """
 
     #: Rows dropped while reading under ``on_bad_sample: skip``, as
@@ -225,6 +227,29 @@ class DatasetFormat(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class StreamingDatasetFormat(Protocol):
+    """The optional streaming capability of a dataset format (``streaming: true``; see docs/data.md).
+
+    A run that streams builds its training datasets with ``ctx.streaming = True``: the factory must
+    then not read the whole source (check that it exists, open nothing more), and ``len`` /
+    ``ds[i]`` need not work. The run calls ``stream()`` once per pass, in every DataLoader worker of
+    every process, each with its own ``keep``. A format without ``stream`` cannot be streamed: the run
+    stops with a ConfigError naming it (no silent fallback to reading it whole).
+    """
+
+    def stream(self, keep: Callable[[int], bool] | None = None) -> Any:
+        """An iterator of ``(record index, sample)`` for every record of the source, in its order, read lazily (a
+        new read per call): ``sample`` a canonical sample (as :class:`DatasetFormat` gives them, with
+        ``_where``), or for a bad row a :class:`~vlmplug.errors.DataError` carrying ``reason`` and
+        ``where`` -- the run applies ``on_bad_sample`` to it, so the format raises only for a problem
+        of the whole source (a missing or unreadable file). ``index`` counts records from 0 in source
+        order, the same on every call. ``keep(index)``, when given, says which records the caller
+        wants (its share across workers and processes): the format should skip the others without
+        parsing them; what it yields anyway is dropped by the run."""
+        ...
 
 
 @runtime_checkable

@@ -91,6 +91,18 @@ CORE_KEYS: dict[str, tuple[Any, Any, str]] = {
         "Keep the tokenised training data next to the run folders (<runs>/.tokenized/) and reuse it when "
         "a later run encodes the same data the same way.",
     ),
+    "streaming": (
+        bool,
+        False,
+        "Read, check and tokenise the training rows while training, in the DataLoader (workers), instead "
+        "of all before step 1: for data larger than memory. Needs max_steps; the data repeats, reshuffled "
+        "each pass. Formats with stream() only (messages JSONL); see docs/data.md#streaming.",
+    ),
+    "shuffle_buffer": (
+        int,
+        1000,
+        "Under streaming: rows held in the shuffle buffer of each stream (0: file order).",
+    ),
     "output_dir": (str | None, None, "Where the run is written (default runs/<name>)."),
     "overwrite_output_dir": (bool, False, "Allow writing into a non-empty output_dir."),
     "resume_from_checkpoint": (str | None, None, "A checkpoint dir to resume from, or 'last'."),
@@ -184,6 +196,7 @@ BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "eval_every_steps": (1, None, True, True),
     "eval_curve_samples": (1, None, True, True),
     "max_train_seconds": (0, None, False, True),
+    "shuffle_buffer": (0, None, True, True),
 }
 
 #: A hint appended to the bound error of some keys.

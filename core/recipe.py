@@ -604,6 +604,37 @@ def _check_modules(draft: Draft, r: _Resolver) -> None:
         )
 
 
+def _check_streaming(draft: Draft, r: _Resolver) -> None:
+    """``streaming: true`` needs ``max_steps`` (a stream has no length to count epochs in), cannot group
+    batches by length (that needs every sample's length before step 1), and needs each process to load
+    its own batches (accelerate's ``dispatch_batches`` would have the main process read for all)."""
+    if not draft.core.get("streaming"):
+        return
+    args = draft.training_args
+    steps = args.get("max_steps", draft.training.get("max_steps"))
+    try:
+        steps = int(steps) if steps is not None else None
+    except (TypeError, ValueError):
+        steps = None  # reported when TrainingArguments are built
+    if steps is None or steps <= 0:
+        r.problems.append(
+            "streaming: true needs max_steps: a stream has no length, so the run cannot count its steps in "
+            "epochs; set max_steps: N (the data repeats, reshuffled each pass, until then)"
+        )
+    strategy = args.get("train_sampling_strategy", draft.training.get("train_sampling_strategy"))
+    if draft.aliases.get("group_by_length", (False,))[0] or strategy == "group_by_length":
+        r.problems.append(
+            "streaming: true and group_by_length: length-grouped batches need every sample's length before "
+            "step 1, which a stream does not read; drop one of them"
+        )
+    accelerator = args.get("accelerator_config")
+    if isinstance(accelerator, Mapping) and accelerator.get("dispatch_batches"):
+        r.problems.append(
+            "streaming: true and training_args.accelerator_config.dispatch_batches: true: under streaming each "
+            "process reads its own share of the rows (batches of varying shapes cannot be dispatched); drop it"
+        )
+
+
 def _select_single(draft: Draft, r: _Resolver) -> None:
     """The one-only families the recipe names (an encoder may be named by its hub id or path)."""
     for fam, (name, opts, key) in draft.single_raw.items():
@@ -1030,4 +1061,5 @@ def resolve(
     _apply_late_sets(draft, r)
     _check_modules(draft, r)
     _check_chat_template(draft, r)
+    _check_streaming(draft, r)
     return _finish(draft, r, source, check_deps)

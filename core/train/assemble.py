@@ -47,6 +47,10 @@ class BuildContext:
     max_num_frames: int = 8
     #: Whether dataset formats may read files outside their data folder (``allow_paths_outside_data``).
     allow_paths_outside_data: bool = False
+    #: Whether the training datasets are built for streaming (``streaming: true``): a dataset format
+    #: then reads nothing up front and gives its rows through ``stream()``
+    #: (:class:`vlmplug.contracts.StreamingDatasetFormat`). Eval sets are always built with ``False``.
+    streaming: bool = False
 
     def note(self, message: str) -> None:
         self.notes.append(message)

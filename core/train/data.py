@@ -197,6 +197,9 @@ class SampleEncoder:
         self.video_per_slot = video_per_slot
         self._placeholders = re.compile(f"({re.escape(image_token)}|{re.escape(VIDEO_TOKEN)})")
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        #: Most conversations whose tokens :meth:`encode` keeps for reuse (0 under streaming, whose
+        #: memory must not grow with the data).
+        self.cache_limit = 200_000
         #: Tokens :meth:`encode` cut from its last sample (0: it fit).
         self.last_truncated = 0
 
@@ -276,7 +279,7 @@ class SampleEncoder:
             t if any(s <= start < e for s, e in spans) else IGNORE_INDEX
             for t, (start, _) in zip(ids, enc["offset_mapping"])
         ]
-        if len(self._cache) < 200_000:
+        if len(self._cache) < self.cache_limit:
             self._cache[key] = (ids, labels)
         return ids, labels
 

@@ -43,6 +43,7 @@ from .llm import PRESETS, build_tiny_tokenizer, load_tokenizer
 from .mixture import WeightedMixture
 from .modules import apply_module_plan, module_table
 from .session import Session, open_session
+from .streaming import STREAM_HEAD, StreamingDataset, StreamReport, StreamSources, require_streams
 
 __all__ = ["BuildContext", "RunResult", "run", "build_component"]
 
@@ -71,15 +72,23 @@ class Parts:
 
 @dataclass
 class Data:
+    #: The training samples (one dataset, or a :class:`WeightedMixture`); under streaming the
+    #: :class:`StreamSources`, which nothing reads before training but :attr:`view`.
     train: Any
     eval_sets: list[EvalSet]
+
+    @property
+    def view(self) -> Any:
+        """Training samples with random access, for what needs them before training (a preset LLM's
+        tokenizer, evaluator baselines): all of them, or under streaming the first STREAM_HEAD good ones."""
+        return self.train.head(STREAM_HEAD) if isinstance(self.train, StreamSources) else self.train
 
 
 @dataclass
 class Training:
     """What the training stage needs and produces."""
 
-    dataset: EncodedDataset
+    dataset: EncodedDataset | StreamingDataset
     collator: Any
     encoder: SampleEncoder
     skips: SkipReport = field(default_factory=SkipReport)
@@ -115,7 +124,7 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
     _announce(recipe, host, s, ctx)
     parts = _build_parts(recipe, ctx, s)
     seen = len(ctx.notes)
-    data = _load_data(recipe, ctx)
+    data = _load_data(recipe, ctx, host)
     for note in ctx.notes[seen:]:  # e.g. how a mixture of datasets was weighted
         s.say(f"  note: {note}")
     pretrained = _pretrained_dir(recipe, ctx, s, host)
@@ -123,7 +132,7 @@ def _run(recipe: ResolvedRecipe, host: Any, s: Session) -> RunResult:
     vlm = _build_model(recipe, parts, tokenizer, ctx, s, host, pretrained)
     training = _training_data(recipe, vlm, tokenizer, parts, data, s)
     evaluation = _evaluation(recipe, vlm, tokenizer, parts, data, training, s, host)
-    metrics: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(s.run_dir), "train_samples": len(training.dataset)}
+    metrics: dict[str, Any] = {"recipe": recipe.name, "run_dir": str(s.run_dir), "train_samples": _size(training)}
     status = "failed"
     try:
         _evaluate_before(recipe, evaluation, data, metrics, s)
@@ -153,7 +162,7 @@ def inspect_model(recipe: ResolvedRecipe, host: Any) -> list[dict[str, Any]]:
         s = _QuietSession(Path(tmp))
         ctx = _context(recipe)
         parts = _build_parts(recipe, ctx, s)  # type: ignore[arg-type]
-        data = _load_data(recipe, ctx)
+        data = _load_data(recipe, ctx, host)
         pretrained = _pretrained_dir(recipe, ctx, s, host)  # type: ignore[arg-type]
         tokenizer = _tokenizer(recipe, data, ctx, s, pretrained)  # type: ignore[arg-type]
         with contextlib.redirect_stdout(None):
@@ -281,16 +290,58 @@ def _training_args(recipe: ResolvedRecipe, s: Session, ctx: BuildContext, stack:
     return built
 
 
-def _load_data(recipe: ResolvedRecipe, ctx: BuildContext) -> Data:
-    train_sets = [build_component(sel, ctx) for sel in recipe.datasets]
+def _load_data(recipe: ResolvedRecipe, ctx: BuildContext, host: Any = None) -> Data:
+    streaming = bool(recipe.core.get("streaming"))  # only the training sets stream (the notes list is shared)
+    train_ctx = dataclasses.replace(ctx, streaming=True) if streaming else ctx
+    train_sets = [build_component(sel, train_ctx) for sel in recipe.datasets]
     eval_sets = [EvalSet(str(sel.label or sel.name), build_component(sel, ctx)) for sel in recipe.eval_datasets]
     weights = [sel.weight for sel in recipe.datasets]
+    if streaming:
+        return Data(train=_stream_sources(recipe, ctx, host, train_sets), eval_sets=eval_sets)
     if len(train_sets) == 1 and weights == [1.0]:
         return Data(train=train_sets[0], eval_sets=eval_sets)
     mixture = WeightedMixture(train_sets, weights, seed=int(recipe.training.get("seed", 42)))
     for sel, (read, used) in zip(recipe.datasets, mixture.counts):
         ctx.note(f"datasets: {sel.name} ({sel.options.get('path', '')}): {read} samples x {sel.weight:g} -> {used}")
     return Data(train=mixture, eval_sets=eval_sets)
+
+
+def _stream_sources(recipe: ResolvedRecipe, ctx: BuildContext, host: Any, train_sets: list[Any]) -> StreamSources:
+    """The training datasets to stream (each must have ``stream()``), with the run's notes on it."""
+    require_streams(recipe.datasets, train_sets, lambda: _streaming_formats(host))
+    core, training = recipe.core, recipe.training
+    seed = training.get("data_seed")
+    seed = int(training.get("seed", 42) if seed is None else seed)
+    names = [f"{sel.name} ({sel.options.get('path', '')})" for sel in recipe.datasets]
+    weights = [float(sel.weight) for sel in recipe.datasets]
+    sources = StreamSources(train_sets, weights, names, seed, int(core["shuffle_buffer"]))
+    order = f"a shuffle buffer of {core['shuffle_buffer']} rows" if core["shuffle_buffer"] else "file order"
+    ctx.note(
+        f"streaming: training rows are read, checked and tokenised while training ({order}, seed {seed}; "
+        f"the data repeats, reshuffled, until max_steps); not used: the tokenised-data cache, "
+        f"group_by_length, up-front counts (train_samples; skips and cuts count the rows read)"
+    )
+    if len(train_sets) > 1:
+        for name, weight in zip(names, weights):
+            ctx.note(f"datasets: {name}: weight {weight:g} -> {100 * weight / sum(weights):.1f}% of the rows drawn")
+    return sources
+
+
+def _streaming_formats(host: Any) -> list[str]:
+    """The registered dataset formats whose factory is declared to return a dataset with ``stream()``."""
+    import typing
+
+    out = []
+    for spec in getattr(host, "registry", None) or []:
+        if spec.family != "dataset_format":
+            continue
+        try:
+            made = typing.get_type_hints(spec.load_factory()).get("return")
+        except Exception:  # a factory without resolvable hints: not known to stream
+            continue
+        if callable(getattr(made, "stream", None)):
+            out.append(spec.name)
+    return out
 
 
 def _pretrained_dir(recipe: ResolvedRecipe, ctx: BuildContext, s: Session, host: Any) -> Path | None:
@@ -336,7 +387,7 @@ def _tokenizer(recipe: ResolvedRecipe, data: Data, ctx: BuildContext, s: Session
     cache = s.run_dir / CACHE / "tokenizer"
     with s.main_first():
         if s.is_main:
-            tokenizer = build_tiny_tokenizer(sample_texts(data.train), core["image_token"])
+            tokenizer = build_tiny_tokenizer(sample_texts(data.view), core["image_token"])
             if s.world_size > 1:
                 tokenizer.save_pretrained(cache)
         else:
@@ -437,8 +488,10 @@ def sample_encoder(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any) -> SampleEn
 
 
 def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, data: Data, s: Session) -> Training:
-    """Check and tokenise the training set once (main process; the others read its result)."""
-
+    """Check and tokenise the training set once (main process; the others read its result); under
+    streaming, the IterableDataset that does it while training, in every process."""
+    if isinstance(data.train, StreamSources):
+        return _streaming_data(recipe, vlm, tokenizer, parts, data.train, s)
     core = recipe.core
     encoder = sample_encoder(recipe, vlm, tokenizer)
     skip = core["on_bad_sample"] == "skip"
@@ -480,6 +533,46 @@ def _training_data(recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Part
             f"reasons in metrics.json"
         )
     return training
+
+
+def _streaming_data(
+    recipe: ResolvedRecipe, vlm: Any, tokenizer: Any, parts: Parts, sources: StreamSources, s: Session
+) -> Training:
+    """The streaming training set (:mod:`.streaming`): each process reads its own share of the rows, so
+    accelerate must not dispatch batches from the main process (see the docstring there)."""
+    from vlmplug.errors import DataError
+
+    encoder = sample_encoder(recipe, vlm, tokenizer)
+    if not sources.head(1):
+        raise DataError("datasets: no usable samples: the training files hold no good row", reason="empty")
+    args = parts.train_args
+    args.accelerator_config.dispatch_batches = False
+    full = recipe.runtime.get("training_args_full")
+    if isinstance(full, dict) and isinstance(full.get("accelerator_config"), dict):
+        full["accelerator_config"]["dispatch_batches"] = False
+    dataset = StreamingDataset(
+        sources,
+        encoder,
+        skip_bad=recipe.core["on_bad_sample"] == "skip",
+        rank=args.process_index,
+        world_size=args.world_size,
+        batch_size=args.train_batch_size,
+        split_batches=bool(args.accelerator_config.split_batches),
+    )
+    report = StreamReport()
+    training = Training(dataset, TrainCollator(tokenizer.pad_token_id, vlm.vision_encoder.preprocess), encoder)
+    training.skips, training.truncated = report, report.truncated  # filled while training
+    for comp in parts.stack:
+        training.collator = comp.wrap_collator(training.collator)
+    workers = args.dataloader_num_workers
+    where = f"{workers} DataLoader worker(s)" if workers else "the training process"
+    s.say(f"  streaming: rows are read and encoded by {where} in each of {s.world_size} process(es)")
+    return training
+
+
+def _size(training: Training) -> int | None:
+    """How many training samples there are; ``None`` under streaming (nothing counts them up front)."""
+    return None if isinstance(training.dataset, StreamingDataset) else len(training.dataset)
 
 
 def _encode_or_reuse(
@@ -541,7 +634,7 @@ def _evaluate_before(
     recipe: ResolvedRecipe, evaluation: Evaluation, data: Data, metrics: dict[str, Any], s: Session
 ) -> None:
     if evaluation.enabled and s.is_main:
-        metrics["baselines"] = evaluation.baselines(data.train)
+        metrics["baselines"] = evaluation.baselines(data.view)
         if recipe.core["eval_before_training"]:
             metrics["before"] = evaluation.run("before")
     s.wait()
@@ -576,7 +669,7 @@ def _train(
     args = parts.train_args
     samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * s.world_size
     clock = TrainClock(samples_per_step, _checkpoint_state(s.resume).get("train_seconds", 0.0))
-    if s.resume is not None and _finished(s.resume, args, len(training.dataset), s.world_size, vlm, s):
+    if s.resume is not None and _finished(s.resume, args, _size(training) or 0, s.world_size, vlm, s):
         from transformers import TrainerState
 
         state = TrainerState.load_from_json(str(s.resume / "trainer_state.json"))
@@ -796,13 +889,16 @@ def _write_outputs(
 
     skips = _gather_skips(training.skips, s)
     tokenized_on = _gather(s, training.encoded_here)
+    truncated = training.truncated
+    if isinstance(training.dataset, StreamingDataset) and s.world_size > 1:  # each process met its own cuts
+        truncated = list(dict.fromkeys(w for part in _gather(s, training.truncated) for w in part))
     if not s.is_main:
         return
     metrics["status"] = status
     metrics["world_size"] = s.world_size
     metrics["tokenized_on_processes"] = [rank for rank, here in enumerate(tokenized_on) if here]
     metrics["skipped"] = {"train": skips.to_dict(), "eval": evaluation.skips.to_dict()}
-    metrics["truncated"] = {"train": len(training.truncated), "first": training.truncated[:5]}
+    metrics["truncated"] = {"train": len(truncated), "first": truncated[:5]}
     if "after" in metrics:
         name, value = evaluation.primary(metrics["after"])
         before = evaluation.primary(metrics["before"])[1] if "before" in metrics else None

@@ -1,9 +1,17 @@
-"""Reader for the ``messages`` format (JSON list or JSONL), validating every row up front."""
+"""Reader for the ``messages`` format (JSON list or JSONL).
+
+Built for a map-style run it reads and validates every row up front (bad rows follow
+``on_bad_sample``). Built for streaming (``ctx.streaming``, ``streaming: true``) it only checks that
+the file exists; :meth:`MessagesDataset.stream` then reads the rows lazily, in file order, each pass
+anew: a JSONL file line by line (only the lines the caller keeps are parsed), a ``.json`` list whole
+(a JSON document has no record boundaries to read by; convert big ones to JSONL). Both paths run the
+same per-row conversion and checks, so a row is good or bad, with the same reason, either way.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +20,26 @@ from vlmplug.errors import DataError, read_text
 ROLES = ("system", "user", "assistant")
 
 
-def _rows(path: Path) -> list[tuple[int, Any]]:
-    """``(line or record number, record)``; a JSONL line that is not JSON comes as a DataError in place
-    of its record, so it follows the row policy (``on_bad_sample``) like any other bad row."""
+def _need_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(
             f"{path}: file not found (dataset paths are relative to where you run vlmplug)", reason="missing-file"
         )
-    text = read_text(path, "dataset", DataError)
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                error = DataError(
-                    f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
-                    reason="malformed-row",
-                    where=f"{path}:{n}",
-                )
-                rows.append((n, error))
-        return rows
+
+
+def _jsonl_record(path: Path, n: int, line: str) -> Any:
+    """Line ``n`` as a record, or a DataError in its place when it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        return DataError(
+            f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object",
+            reason="malformed-row",
+            where=f"{path}:{n}",
+        )
+
+
+def _json_records(path: Path, text: str) -> list[Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -43,7 +48,58 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
         ) from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return [(i, row) for i, row in enumerate(data)]
+    return data
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    """``(line or record number, record)``; a JSONL line that is not JSON comes as a DataError in place
+    of its record, so it follows the row policy (``on_bad_sample``) like any other bad row."""
+    _need_file(path)
+    text = read_text(path, "dataset", DataError)
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            rows.append((n, _jsonl_record(path, n, line)))
+        return rows
+    return [(i, row) for i, row in enumerate(_json_records(path, text))]
+
+
+def iter_rows(
+    path: Path, keep: Callable[[int], bool] | None = None, limit: int | None = None
+) -> Iterator[tuple[int, int, Any]]:
+    """``(record index, line or record number, record)`` lazily, in file order, for the first ``limit``
+    records; the index counts records (a JSONL file's non-blank lines) from 0. A JSONL file is read line
+    by line and only the lines ``keep(index)`` wants are decoded and parsed; a line that is not JSON
+    comes as a DataError in place of its record; one that is not UTF-8 stops the read (a problem of the
+    whole file, as up front). A ``.json`` list is read whole. JSONL lines split at ``\\n`` only."""
+    _need_file(path)
+    if path.suffix != ".jsonl":
+        for index, row in enumerate(_json_records(path, read_text(path, "dataset", DataError))):
+            if limit is not None and index >= limit:
+                return
+            if keep is None or keep(index):
+                yield index, index, row
+        return
+    index = 0
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            if limit is not None and index >= limit:
+                return
+            if keep is None or keep(index):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{path}:{n}: the dataset is not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8",
+                        reason="encoding",
+                        where=f"{path}:{n}",
+                    ) from None
+                yield index, n, _jsonl_record(path, n, line)
+            index += 1
 
 
 def _check(row: Any, where: str) -> str | None:
@@ -132,7 +188,7 @@ def _local_refs(sample: dict[str, Any]) -> list[str]:
     refs: list[str] = [i for i in sample.get("images", []) if isinstance(i, str)]
     for video in sample.get("videos", []) or []:
         frames = video.get("frames") if isinstance(video, dict) else video
-        refs += [frames] if isinstance(frames, str) else list(frames)
+        refs += [frames] if isinstance(frames, str) else list(frames or [])
     return [r for r in refs if not r.startswith(("data:", "http://", "https://"))]
 
 
@@ -166,40 +222,39 @@ def _as_is(row: Any, where: str) -> tuple[Any, str | None]:
 
 class MessagesDataset(Sequence):
     """Records of a JSON / JSONL file, each turned into a canonical sample by ``convert`` (the
-    ``messages`` format reads them as they are), checked up front, with paths made absolute."""
+    ``messages`` format reads them as they are), checked, with paths made absolute: all of them up
+    front, or -- built with ``streaming=True`` -- none until :meth:`stream` reads them."""
 
-    def __init__(self, config: Any, skip_bad: bool = False, convert: Convert = _as_is, allow_outside: bool = False):
+    def __init__(
+        self,
+        config: Any,
+        skip_bad: bool = False,
+        convert: Convert = _as_is,
+        allow_outside: bool = False,
+        streaming: bool = False,
+    ):
         self.skipped: list[DataError] = []  # rows dropped under on_bad_sample: skip, reported by the run
         self.path = Path(config.path)
-        root = Path(config.image_root) if config.image_root else self.path.parent
+        self.root = Path(config.image_root) if config.image_root else self.path.parent
+        self.convert = convert
+        self.allow_outside = allow_outside
+        self.max_samples = config.max_samples
+        #: Built for streaming: no row is read here; :meth:`stream` reads them, and there is no length.
+        self.streaming = streaming
+        self.samples: list[dict[str, Any]] = []
+        if streaming:
+            _need_file(self.path)  # a missing file stops the run before any model loads, as up front
+            return
         rows = _rows(self.path)
         if config.max_samples is not None:
             rows = rows[: config.max_samples]
-        label = "line" if self.path.suffix == ".jsonl" else "record"
-        self.samples: list[dict[str, Any]] = []
         problems = []
         for n, row in rows:
-            where = f"{self.path}:{n}" if label == "line" else f"{self.path} record {n}"
-            if isinstance(row, DataError):  # a line that is not JSON
-                problems.append(row)
-                continue
-            row, problem = convert(row, where)
-            if problem is None and isinstance(row, dict):
-                problem = _normalise_images(row, where)
-            problem = problem or _check(row, where)
-            if problem:
-                problems.append(DataError(problem, reason="malformed-row", where=where))
-                continue
-            images = row.get("images", [])
-            images = [images] if isinstance(images, str) else images
-            sample = {**row, "images": [_resolve(i, root) for i in images], "_where": where}
-            if row.get("videos"):
-                sample["videos"] = [_resolve_video(v, root) for v in row["videos"]]
-            outside = None if allow_outside else _outside(sample, root, where)
-            if outside:
-                problems.append(DataError(outside, reason="outside-data", where=where))
-                continue
-            self.samples.append(sample)
+            got = self._sample(n, row)
+            if isinstance(got, DataError):
+                problems.append(got)
+            else:
+                self.samples.append(got)
         if problems and skip_bad:
             self.skipped = problems
         elif problems:
@@ -210,10 +265,42 @@ class MessagesDataset(Sequence):
                 + "\nfix the rows, or set on_bad_sample: skip to skip and count them"
             )
 
+    def _sample(self, n: int, row: Any) -> dict[str, Any] | DataError:
+        """Record ``n`` (line or record number) as a checked canonical sample, or the DataError naming it."""
+        where = f"{self.path}:{n}" if self.path.suffix == ".jsonl" else f"{self.path} record {n}"
+        if isinstance(row, DataError):  # a line that is not JSON
+            return row
+        row, problem = self.convert(row, where)
+        if problem is None and isinstance(row, dict):
+            problem = _normalise_images(row, where)
+        problem = problem or _check(row, where)
+        if problem:
+            return DataError(problem, reason="malformed-row", where=where)
+        images = row.get("images", [])
+        images = [images] if isinstance(images, str) else images
+        sample = {**row, "images": [_resolve(i, self.root) for i in images], "_where": where}
+        if row.get("videos"):
+            sample["videos"] = [_resolve_video(v, self.root) for v in row["videos"]]
+        outside = None if self.allow_outside else _outside(sample, self.root, where)
+        if outside:
+            return DataError(outside, reason="outside-data", where=where)
+        return sample
+
+    def stream(self, keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+        """``(record index, canonical sample or the DataError of a bad row)`` for every record, read
+        lazily from the file in file order (a new read per call); records ``keep(index)`` does not want
+        are not parsed. The streaming capability (:class:`vlmplug.contracts.StreamingDatasetFormat`)."""
+        for index, n, row in iter_rows(self.path, keep, self.max_samples):
+            yield index, self._sample(n, row)
+
     def __len__(self) -> int:
+        if self.streaming:
+            raise TypeError(f"{self.path} was opened for streaming (streaming: true): it has no length; use stream()")
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if self.streaming:
+            raise TypeError(f"{self.path} was opened for streaming (streaming: true): read it with stream()")
         return self.samples[i]
 
 
@@ -222,4 +309,5 @@ def build(config: Any, ctx: Any) -> MessagesDataset:
         config,
         skip_bad=ctx.on_bad_sample == "skip",
         allow_outside=bool(getattr(ctx, "allow_paths_outside_data", False)),
+        streaming=bool(getattr(ctx, "streaming", False)),
     )

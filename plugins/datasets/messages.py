@@ -12,6 +12,9 @@ image may be an object: ``{"path": ...}``, ``{"url": ...}``, ``{"image": ...}``,
 ``videos`` (one ``<video>`` in the text each) are video files, frame folders, lists of frame paths
 or ``{"frames": [...], "fps": 30}``, relative alike; ``max_num_frames`` / ``frame_sampling`` pick
 the frames. Extra fields (``answers``, ``question_type``, ``id``) are kept for evaluators.
+
+The format streams (``streaming: true``): its dataset has ``stream()``, which reads a JSONL file line
+by line while training (a ``.json`` list is read whole when each pass starts).
 """
 
 from __future__ import annotations
