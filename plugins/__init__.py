@@ -45,6 +45,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "vlmplug.plugins.evaluators.docvqa",
     "vlmplug.plugins.evaluators.pope",
     "vlmplug.plugins.evaluators.multiple_choice",
+    "vlmplug.plugins.evaluators.caption",
+    "vlmplug.plugins.evaluators.llm_judge",
     "vlmplug.plugins.interop.llava_hf",
     "vlmplug.plugins.roadmap",
 )

@@ -39,7 +39,7 @@ PLANNED: dict[str, tuple[ComponentSpec, ...]] = {
     "peft": (),
     "dataset_format": (),
     "optimizer_stack": (_planned("fsdp", flat_keys=("fsdp", "fsdp_config")),),
-    "evaluator": (_planned("llm-judge"),),
+    "evaluator": (),
 }
 
 

@@ -55,6 +55,8 @@ BUILTINS = {
     "docvqa",
     "pope",
     "multiple-choice",
+    "coco-caption",
+    "llm-judge",
 }
 
 
@@ -195,9 +197,9 @@ def test_info_unknown_component_did_you_mean() -> None:
 
 
 def test_info_roadmap_component() -> None:
-    res = invoke("info", "textvqa")
+    res = invoke("info", "fsdp")
     assert res.exit_code != 0
-    assert "'textvqa' (evaluator) is on the vlmplug roadmap" in flat(res.output)
+    assert "'fsdp' (optimizer stack) is on the vlmplug roadmap" in flat(res.output)
 
 
 def test_recipes() -> None:

@@ -8,23 +8,18 @@ where it stopped (images already in the file are not asked again). Connection er
 are retried with capped, jittered exponential backoff (``Retry-After`` honoured); any other HTTP error,
 or a reply that cannot be used, fails that image only (counted; the next run asks again).
 
-Standard library only (``urllib.request``). Nothing is called but ``--base-url``: redirects are
-refused and proxy environment variables are not used.
+Standard library only: the HTTP client (endpoint, retries, backoff, reply reading) is the one in
+:mod:`vlmplug.plugins._openai_http`, shared with the ``llm-judge`` evaluator. Nothing is called but
+``--base-url``: redirects are refused and proxy environment variables are not used.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
-import http.client
 import json
 import os
-import random
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,6 +30,12 @@ from typing import Any
 import click
 
 from vlmplug.data_cli import MessagesWriter, handled
+
+from .._openai_http import Backoff, Endpoint, Transient, chat_completions_url, reply_text
+from .._openai_http import RequestFailed as ImageFailed  # this image gets no row this time
+from .._openai_http import with_retries as _with_retries
+
+__all__ = ["Backoff", "Endpoint", "ImageFailed", "Transient", "reply_text", "synth_cmd", "with_retries"]
 
 #: Image files asked about, by suffix (any case), with the MIME type their data URI declares.
 MIME_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
@@ -53,10 +54,6 @@ PROMPTS = {
 #: The user turn of a caption row written for the built-in caption prompt.
 CAPTION_INSTRUCTION = "Describe this image."
 IMAGE = "<image>"
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 30.0
-RETRY_AFTER_CAP_S = 300.0  # a longer Retry-After is cut to this
-ERROR_BODY_CHARS = 200
 FENCE = re.compile(r"```[\w-]*\s*\n?(.*?)```", re.DOTALL)
 
 
@@ -65,133 +62,13 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-class Transient(Exception):
-    """A failure worth retrying (connection error, HTTP 429 or 5xx); ``retry_after`` from the server."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ImageFailed(Exception):
-    """This image gets no row this time (the next run asks again): ``reason`` groups the count."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-# -- the endpoint -----------------------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: the 3xx answer comes back as an HTTPError."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
-        return None
-
-
-#: Direct connections to the given URL only: no proxies from the environment, no redirects.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header (seconds or an HTTP date) in seconds from now; ``None`` if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _http_hint(code: int) -> str:
-    if code in (401, 403):
-        return "; check the API key (--api-key-env names the environment variable holding it)"
-    if code == 404:
-        return "; check --base-url (the part before /chat/completions, often ending in /v1) and --model"
-    if 300 <= code < 400:
-        return "; redirects are not followed: give the endpoint's final URL as --base-url"
-    return ""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """``POST {url}`` with the model's name and, when given, a bearer token."""
-
-    url: str
-    model: str
-    api_key: str | None
-    timeout: float
-
-    def post(self, payload: dict[str, Any]) -> bytes:
-        """The response body; :class:`Transient` for what may pass, :class:`ImageFailed` otherwise."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-        try:
-            with OPENER.open(request, timeout=self.timeout) as response:
-                return bytes(response.read())
-        except urllib.error.HTTPError as e:
-            body = e.read().decode("utf-8", "replace")[:ERROR_BODY_CHARS] if e.fp is not None else ""
-            if e.code == 429 or e.code >= 500:
-                raise Transient(f"HTTP {e.code}", retry_after_seconds(e.headers.get("Retry-After"))) from None
-            raise ImageFailed(f"http-{e.code}", f"HTTP {e.code} {body!r}{_http_hint(e.code)}") from None
-        except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut short
-            reason = getattr(e, "reason", None) or e
-            raise Transient(f"connection error: {type(e).__name__}: {reason}") from None
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff, capped, with equal jitter: attempt ``n`` waits between half and all of
-    ``min(cap, base * 2**n)``; a server's ``Retry-After`` is waited as given (up to ``RETRY_AFTER_CAP_S``)."""
-
-    base: float = BACKOFF_BASE_S
-    cap: float = BACKOFF_CAP_S
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, RETRY_AFTER_CAP_S)
-        full = min(self.cap, self.base * 2**attempt)
-        return full / 2 + self.rng.uniform(0, full / 2)
-
-
 def with_retries(send: Callable[[], bytes], retries: int, backoff: Backoff) -> tuple[bytes, int]:
-    """``send()``'s result and how many retries it took; after ``retries`` retries the image fails."""
-    for attempt in range(retries + 1):
-        try:
-            return send(), attempt
-        except Transient as e:
-            if attempt == retries:
-                raise ImageFailed("gave-up", f"gave up after {retries + 1} attempt(s): {e}") from None
-            _sleep(backoff.delay(attempt, e.retry_after))
-    raise AssertionError("unreachable")
+    """``send()``'s result and how many retries it took; after ``retries`` retries the image fails
+    (waits with this module's ``_sleep``)."""
+    return _with_retries(send, retries, backoff, sleep=lambda seconds: _sleep(seconds))
 
 
 # -- replies ----------------------------------------------------------------------------------------------
-
-
-def reply_text(body: bytes) -> str:
-    """The assistant's text in a chat-completions response."""
-    try:
-        content = json.loads(body)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise ImageFailed(
-            "malformed-response",
-            f"not a chat-completions response (no choices[0].message.content): {body[:ERROR_BODY_CHARS]!r}",
-        ) from None
-    if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if not isinstance(content, str) or not content.strip():
-        raise ImageFailed("empty-reply", "the reply has no text")
-    return content.strip()
 
 
 def first_json_array(text: str) -> list[Any] | None:
@@ -375,13 +252,13 @@ def endpoint_url(base_url: str) -> str:
     """``{base_url}/chat/completions``, after checking ``base_url`` is an http(s) URL."""
     from vlmplug.errors import ConfigError
 
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    url = chat_completions_url(base_url)
+    if url is None:
         raise ConfigError(
             f"--base-url {base_url}: not an http(s) URL; give the API root, e.g. http://127.0.0.1:8000/v1",
             header="endpoint",
         )
-    return base_url.rstrip("/") + "/chat/completions"
+    return url
 
 
 def api_key(env_var: str | None) -> str | None:
@@ -543,7 +420,7 @@ def synth_cmd(
     out = Path(out_file)
     if out.suffix != ".jsonl":
         raise ConfigError(f"--out {out}: must end in .jsonl (the messages format reads JSON Lines by that suffix)")
-    endpoint = Endpoint(endpoint_url(base_url), model, api_key(api_key_env), timeout)
+    endpoint = Endpoint(endpoint_url(base_url), model, api_key(api_key_env), timeout, flags=True)
     prompt = read_prompt(prompt_name, parse)
     images = list_images(Path(images_dir))
     done, dropped = done_images(out)

@@ -95,7 +95,7 @@ from typing import Any, cast
 from vlmplug.contracts import EvaluatorBase
 from vlmplug.errors import DataError
 
-from ._docvqa import conversation
+from ._common import conversation
 
 __all__ = [
     "MultipleChoiceEvaluator",

@@ -54,7 +54,7 @@ from typing import Any
 from vlmplug.contracts import EvaluatorBase
 from vlmplug.errors import DataError
 
-from ._docvqa import conversation
+from ._common import conversation
 
 __all__ = ["PopeEvaluator", "build", "confusion_metrics", "pope_answer", "score_records"]
 

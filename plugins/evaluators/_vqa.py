@@ -9,6 +9,7 @@ from typing import Any
 
 from vlmplug.contracts import EvaluatorBase
 
+from ._common import conversation
 from ._vqa_metric import score_samples
 
 PRIOR_SAMPLES = 5000
@@ -24,12 +25,7 @@ class VqaEvaluator(EvaluatorBase):
 
     def prompt(self, sample: Mapping[str, Any]) -> list[dict[str, str]]:
         """The conversation up to (not including) the last assistant turn."""
-        msgs = list(sample["messages"])
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        msgs = [dict(m) for m in msgs[:last]]
-        if self.suffix and msgs:
-            msgs[-1]["content"] = f"{msgs[-1]['content']}\n{self.suffix}"
-        return msgs
+        return conversation(sample, self.suffix)
 
     def references(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """``answers`` (the sample's, else the last assistant turn), and ``question_type`` and

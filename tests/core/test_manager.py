@@ -54,6 +54,8 @@ BUILTIN_COMPONENTS = {
     "docvqa": "evaluator",
     "pope": "evaluator",
     "multiple-choice": "evaluator",
+    "coco-caption": "evaluator",
+    "llm-judge": "evaluator",
 }
 
 
