@@ -49,6 +49,7 @@ def build(config: Any, ctx: Any) -> MessagesDataset:
         skip_bad=ctx.on_bad_sample == "skip",
         convert=to_messages,
         allow_outside=bool(getattr(ctx, "allow_paths_outside_data", False)),
+        streaming=bool(getattr(ctx, "streaming", False)),
     )
 
 

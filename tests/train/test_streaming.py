@@ -357,3 +357,23 @@ def test_stream_reads_only_the_lines_it_keeps(tmp_path: Path) -> None:
     assert isinstance(everything[3], DataError) and everything[3].reason == "outside-data"
     eager = tiny.build(messages_plugin.SPEC, tiny.make_ctx("skip"), {"path": str(path)})
     assert [s["_where"] for s in eager] == [everything[0]["_where"], everything[2]["_where"]]  # the same rows
+
+
+@pytest.mark.parametrize("fmt", ["llava", "sharegpt"])
+def test_conversation_formats_stream_without_reading_up_front(tmp_path: Path, fmt: str) -> None:
+    import dataclasses
+
+    from vlmplug.testing import tiny
+
+    row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    path = tmp_path / "conv.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    spec = load().registry.get(fmt)
+    ds = tiny.build(spec, dataclasses.replace(tiny.make_ctx(), streaming=True), {"path": str(path)})
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")  # read when streamed, not when built
+    with pytest.raises(TypeError):
+        len(ds)
+    got = [sample for _, sample in ds.stream()]
+    assert [s["messages"] for s in got] == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    ] * 2
