@@ -1,18 +1,19 @@
-"""The data pipeline at scale, on CPU: time to first step on a large synthetic dataset (cold, then with
-the tokenised-data cache), and the training loader's throughput (samples/s and images/s: images
-decoded, preprocessed and collated as the Trainer's dataloader does).
+"""The data pipeline at scale, on CPU: time to first step on a large synthetic dataset (cold, with the
+tokenised-data cache, and streaming), and the training loader's throughput (samples/s and images/s:
+images decoded, preprocessed and collated as the Trainer's dataloader does) with 0, 1 and 2 workers.
 
 The bench writes ``--rows`` (default 100,000) ``messages`` rows about ``--images`` (default 2,000)
 generated PNG files -- each row one question about one image, the questions varied so tokenisation
 cannot be served from repeats -- then:
 
 * runs ``vlmplug train`` on them twice with the tiny model (one step): the first run checks and
-  tokenises every row and saves the encoding, the second reads it back; each reports the seconds from
-  the start of the run to the end of its first optimizer step;
+  tokenises every row and saves the encoding, the second reads it back; a third streams
+  (``streaming: true``: nothing is read up front); each reports the seconds from the start of the run
+  to the end of its first optimizer step;
 * iterates the training loader (``EncodedDataset`` + ``TrainCollator``) for ``--batches`` batches of
-  32 with ``--workers`` dataloader workers.
+  32 with each of ``--workers`` dataloader worker counts.
 
-    python bench/data.py [--rows 100000] [--images 2000] [--workers 0] [--out bench/results/data.json]
+    python bench/data.py [--rows 100000] [--images 2000] [--workers 0,1,2] [--out bench/results/data.json]
 
 Run it on an idle machine.
 """
@@ -57,7 +58,7 @@ def write_dataset(root: Path, rows: int, images: int) -> Path:
     return path
 
 
-def time_to_first_step(data: Path, out: Path) -> dict[str, Any]:
+def time_to_first_step(data: Path, out: Path, **extra: Any) -> dict[str, Any]:
     """Seconds from the start of a one-step run to the end of its first optimizer step, and the
     tokenised-data line the run printed."""
     from rich.console import Console
@@ -90,6 +91,7 @@ def time_to_first_step(data: Path, out: Path) -> dict[str, Any]:
         "evaluators": [],
         "max_steps": 1,
         "max_seq_length": 64,
+        **extra,
     }
     resolved = resolve(recipe, host.registry, host=host)
     t0 = time.perf_counter()
@@ -136,7 +138,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=2_000)
     parser.add_argument("--batches", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", default="0,1,2", help="Comma-separated dataloader worker counts.")
     parser.add_argument("--out", default="bench/results/data.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vlmplug-bench-data-") as tmp:
@@ -149,15 +151,21 @@ def main() -> None:
         print(f"cold run: first step after {cold['seconds_to_first_step']}s")
         warm = time_to_first_step(data, root / "runs" / "warm")
         print(f"warm run (tokenised-data cache): first step after {warm['seconds_to_first_step']}s")
-        loader = loader_throughput(data, args.batches, args.workers)
-        print(f"loader: {loader['samples_per_s']} samples/s, {loader['images_per_s']} images/s")
+        streamed = time_to_first_step(data, root / "runs" / "stream", streaming=True)
+        print(f"streaming run: first step after {streamed['seconds_to_first_step']}s")
+        loaders = []
+        for workers in [int(w) for w in args.workers.split(",")]:
+            loader = {**loader_throughput(data, args.batches, workers), "workers": workers, "batch": 32}
+            print(f"loader, {workers} workers: {loader['samples_per_s']} samples/s, {loader['images_per_s']} images/s")
+            loaders.append(loader)
     result = {
         "rows": args.rows,
         "images": args.images,
         "dataset_write_s": written,
         "cold": cold,
         "warm": warm,
-        "loader": {**loader, "workers": args.workers, "batch": 32},
+        "streaming": streamed,
+        "loader": loaders,
         "model": "vlmplug.testing.TINY_RECIPE (tiny CLIP 32 px, tiny Llama), max_seq_length 64",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
