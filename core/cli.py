@@ -19,6 +19,7 @@ from .data_cli import data
 from .errors import ConfigError, VlmplugError
 from .eval_cli import build_evaluators, chat_cmd, component_options, eval_cmd
 from .registry import FAMILIES
+from .serve_cli import serve
 
 __all__ = ["cli", "main"]
 
@@ -509,6 +510,7 @@ def export(run_dir: str, fmt: str, out: str) -> None:
 cli.add_command(data)
 cli.add_command(eval_cmd)
 cli.add_command(chat_cmd)
+cli.add_command(serve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -366,7 +366,8 @@ try:
     main(json.loads(sys.argv[1]))
 except SystemExit:
     pass
-print("HEAVY=" + json.dumps(sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)))
+HEAVY = ("torch", "transformers", "peft", "fastapi", "uvicorn")
+print("HEAVY=" + json.dumps(sorted(m for m in HEAVY if m in sys.modules)))
 """
 
 GUARDED = {
@@ -382,6 +383,9 @@ GUARDED = {
     "data shapes --help": ["data", "shapes", "--help"],
     "data convert --help": ["data", "convert", "--help"],
     "data check --help": ["data", "check", "--help"],
+    "eval --help": ["eval", "--help"],
+    "chat --help": ["chat", "--help"],
+    "serve --help": ["serve", "--help"],
 }
 
 
