@@ -111,11 +111,14 @@ class Predictor:
         """Load a run directory or saved model folder (see :func:`vlmplug.train.model_io.load`)."""
         from pathlib import Path
 
+        from transformers.utils import logging as hf_logging
+
         from vlmplug.manager import load as load_plugins
 
         from .assemble import make_sample_encoder
         from .model_io import find_model_dir, load, selections_from_manifest
 
+        hf_logging.disable_progress_bar()  # the weight-loading bar: our commands print their own progress
         host = host or load_plugins()
         model_dir = find_model_dir(path)
         vlm = load(model_dir, host=host, device=pick_device(device))
