@@ -567,8 +567,12 @@ def _budget_model(resolved: Any, ctx: Any, tokenizer: Any, pretrained: Path | No
     )
 
 
-def _measure_lengths(rows: list[tuple[str, Any]], encoder: Any, limit: int, report: CheckReport) -> dict[str, Any]:
-    """Every row's full token length (image tokens counted); rows over ``limit`` are problems."""
+def _measure_lengths(
+    rows: list[tuple[str, Any]], encoder: Any, limit: int, report: CheckReport, on_overlength: str
+) -> dict[str, Any]:
+    """Every row's full token length (image tokens counted). Rows over ``limit`` are listed; they are
+    problems only where the recipe stops on them (``on_overlength: error``) -- otherwise a run cuts or
+    skips them, as ``overlength_action`` says."""
     from .errors import DataError
 
     encoder.max_seq_length = sys.maxsize  # measure whole samples; the limit is compared here
@@ -582,7 +586,7 @@ def _measure_lengths(rows: list[tuple[str, Any]], encoder: Any, limit: int, repo
                 report.add(e)
                 continue
             lengths.append({"where": where, "tokens": len(ids)})
-            if len(ids) > limit:
+            if len(ids) > limit and on_overlength == "error":
                 report.add(
                     DataError(
                         f"{where}: {len(ids)} tokens ({len(slots)} image(s) x {encoder.tokens_per_image}) exceed "
@@ -600,6 +604,8 @@ def _measure_lengths(rows: list[tuple[str, Any]], encoder: Any, limit: int, repo
         "max": max(counts, default=None),
         "mean": round(sum(counts) / len(counts), 2) if counts else None,
         "over_length": sum(1 for n in counts if n > limit),
+        "over_length_rows": [r["where"] for r in lengths if r["tokens"] > limit],
+        "overlength_action": on_overlength,
         "histogram": histogram(counts),
         "rows": lengths,
     }
@@ -662,7 +668,10 @@ def _print_lengths(lengths: dict[str, Any], recipe: str | None) -> None:
     for b in lengths["histogram"]:
         bar = "#" * round(40 * b["count"] / peak) if peak else ""
         con.print(f"  {b['from']:>7}-{b['to']:<7} {bar:<40} {b['count']}")
-    con.print(f"over max_seq_length {lengths['max_seq_length']}: {lengths['over_length']}")
+    over = lengths["over_length"]
+    what = {"truncate-text": "a run cuts them", "skip": "a run skips them", "error": "a run stops on them"}
+    action = f" ({what.get(lengths['overlength_action'], '')}: on_overlength {lengths['overlength_action']})"
+    con.print(f"over max_seq_length {lengths['max_seq_length']}: {over}{action if over else ''}")
 
 
 @data.command("check")
@@ -710,7 +719,9 @@ def check_cmd(
     consistent = _check_placeholders(rows, image_token, report)
     if resolved is not None and consistent:
         encoder = _recipe_encoder(resolved, host, [sample for _, sample in rows])
-        report.lengths = _measure_lengths(consistent, encoder, int(resolved.core["max_seq_length"]), report)
+        report.lengths = _measure_lengths(
+            consistent, encoder, int(resolved.core["max_seq_length"]), report, str(resolved.core["on_overlength"])
+        )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -297,14 +297,23 @@ def test_check_lengths_equal_the_sample_encoders(tiny: Any, images: Path, run_re
     assert lengths["max_seq_length"] == TINY_RECIPE["max_seq_length"] and lengths["over_length"] == 0
     assert sum(b["count"] for b in lengths["histogram"]) == 3 and len(lengths["histogram"]) <= 10
     limit = sorted(want.values())[1]  # one row is longer
-    short = invoke("data", "check", path, "--recipe", recipe, "--max-seq-length", limit, "--json")
+    over = sorted(w for w, n in want.items() if n > limit)
+    # the recipe's default (truncate-text) cuts an over-long row: listed, not a problem
+    cut = invoke("data", "check", path, "--recipe", recipe, "--max-seq-length", limit, "--json")
+    assert cut.exit_code == 0, cut.output
+    report = json.loads(cut.stdout)
+    assert report["lengths"]["over_length"] == len(over) == 1 and report["lengths"]["over_length_rows"] == over
+    assert report["bad_rows"] == [] and report["lengths"]["overlength_action"] == "truncate-text"
+    text = invoke("data", "check", path, "--recipe", recipe, "--max-seq-length", limit)
+    said = " ".join(text.output.split())
+    assert f"over max_seq_length {limit}: 1 (a run cuts them: on_overlength truncate-text)" in said
+    # a recipe that stops on them: a problem naming the row
+    strict = images / "strict.yaml"
+    strict.write_text(yaml.safe_dump({**TINY_RECIPE, "on_overlength": "error"}))
+    short = invoke("data", "check", path, "--recipe", strict, "--max-seq-length", limit, "--json")
     assert short.exit_code == 1
     report = json.loads(short.stdout)
-    over = sorted(w for w, n in want.items() if n > limit)
-    assert report["lengths"]["over_length"] == len(over) == 1
     assert [(p["where"], p["reason"]) for p in report["bad_rows"]] == [(w, "too-long") for w in over]
-    text = invoke("data", "check", path, "--recipe", recipe, "--max-seq-length", limit)
-    assert f"over max_seq_length {limit}: 1" in text.output
 
 
 def test_check_usage_errors_exit_2(images: Path) -> None:
