@@ -169,28 +169,11 @@ _CHAT_STUB: list[str] = []
 
 def _chat_stub_url(tmp: Path) -> str:
     """The API root (``.../v1``) of a local OpenAI-compatible chat-completions stub that answers "1.0" to
-    everything (for an evaluator that asks a judge model); one per process, in a daemon thread."""
+    everything (for an evaluator that asks a judge model); one per process."""
     if not _CHAT_STUB:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from .chat_stub import ChatStub
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "1.0"}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        _CHAT_STUB.append(f"http://127.0.0.1:{server.server_address[1]}/v1")
+        _CHAT_STUB.append(ChatStub(lambda request: "1.0").url)
     return _CHAT_STUB[0]
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from vlmplug.plugins import BUILTIN_PLUGINS
 from vlmplug.plugins.datasets import _negatives_cli as negatives_cli
 from vlmplug.plugins.datasets import _synth_cli as synth_cli
 from vlmplug.plugins.datasets import negatives as negatives_plugin
+from vlmplug.testing.chat_stub import ChatStub
 
 PLUGIN = "vlmplug.plugins.datasets.negatives"
 
@@ -254,45 +253,21 @@ def test_captions_with_a_vocabulary(commands: None, tmp_path: Path) -> None:
 # -- synth ------------------------------------------------------------------------------------------------
 
 
-class Stub:
-    """A chat-completions server on 127.0.0.1: a canned caption (or Q/A array) per image, unless a
-    script says otherwise for that image: a list of ``(status, headers, body)`` answers, used in turn."""
+class Stub(ChatStub):
+    """A captioner: a canned caption (or Q/A array) per image, unless a script says otherwise for that
+    image: a list of ``(status, headers, body)`` answers, used in turn."""
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
         self.script: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
         self.replies: dict[str, str] = {}
-        self.lock = threading.Lock()
-        stub = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                url = body["messages"][0]["content"][1]["image_url"]["url"]
-                name = base64.b64decode(url.split(",", 1)[1]).decode()  # the stub's images hold their names
-                with stub.lock:
-                    stub.requests.append(
-                        {"path": self.path, "image": name, "auth": self.headers.get("Authorization"), "body": body}
-                    )
-                    scripted = stub.script.get(name)
-                    status, headers, payload = scripted.pop(0) if scripted else (200, {}, stub.completion(name))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def completion(self, name: str) -> bytes:
-        text = self.replies.get(name, f"A caption of {name}.")
-        return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+    def _answer(self, request: dict[str, Any]) -> Any:
+        url = request["body"]["messages"][0]["content"][1]["image_url"]["url"]
+        request["image"] = name = base64.b64decode(url.split(",", 1)[1]).decode()  # the images hold their names
+        with self.lock:
+            scripted = self.script.get(name)
+            return scripted.pop(0) if scripted else self.replies.get(name, f"A caption of {name}.")
 
     def asked(self) -> list[str]:
         return [r["image"] for r in self.requests]
@@ -300,10 +275,8 @@ class Stub:
 
 @pytest.fixture
 def stub() -> Iterator[Stub]:
-    server = Stub()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with Stub() as server:
+        yield server
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ from the environment, per-capability means, and the errors raised before any req
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,55 +21,30 @@ from vlmplug.plugins.evaluators._llm_judge import (
     fill_template,
     parse_score,
 )
+from vlmplug.testing.chat_stub import ChatStub
 
 
-class Stub:
-    """A chat-completions server on 127.0.0.1 that answers by the record's question (the first cell
-    of the prompt's last table row): ``script[question]`` is a list of answers used in turn, each a
-    reply text, ``(status, headers, body)`` or ``("sleep", seconds, text)``; then ``default``."""
+class Stub(ChatStub):
+    """A judge that answers by the record's question (the first cell of the prompt's last table row):
+    ``script[question]`` is a list of answers used in turn, each a reply text, ``(status, headers,
+    body)`` or ``("sleep", seconds, text)``; then ``default``."""
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
         self.script: dict[str, list[Any]] = {}
         self.default = "0.5"
-        self.lock = threading.Lock()
-        stub = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                row = [line for line in prompt.splitlines() if " | " in line][-1]
-                question = row.split(" | ")[0]
-                with stub.lock:
-                    stub.requests.append(
-                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body, "q": question}
-                    )
-                    scripted = stub.script.get(question)
-                    answer = scripted.pop(0) if scripted else stub.default
-                if isinstance(answer, tuple) and answer[0] == "sleep":
-                    time.sleep(answer[1])
-                    answer = answer[2]
-                if isinstance(answer, str):
-                    answer = (200, {}, json.dumps({"choices": [{"message": {"content": answer}}]}).encode())
-                status, headers, payload = answer
-                try:
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:  # the client gave up (timeout test)
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _answer(self, request: dict[str, Any]) -> Any:
+        prompt = request["body"]["messages"][0]["content"]
+        row = [line for line in prompt.splitlines() if " | " in line][-1]
+        request["q"] = question = row.split(" | ")[0]
+        with self.lock:
+            scripted = self.script.get(question)
+            answer = scripted.pop(0) if scripted else self.default
+        if isinstance(answer, tuple) and answer[0] == "sleep":
+            time.sleep(answer[1])
+            answer = answer[2]
+        return answer
 
     def asked(self) -> list[str]:
         return [r["q"] for r in self.requests]
@@ -79,10 +52,8 @@ class Stub:
 
 @pytest.fixture
 def stub() -> Iterator[Stub]:
-    server = Stub()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with Stub() as server:
+        yield server
 
 
 @pytest.fixture
