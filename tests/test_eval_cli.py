@@ -151,3 +151,34 @@ def test_circular_multiple_choice_asks_every_rotation(saved_run: Path, shapes: P
     assert len({r["circular_id"] for r in written}) == 2
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())["metrics"]["multiple-choice"]
     assert 0.0 <= metrics["accuracy"] <= metrics["vanilla_accuracy"] <= 1.0
+
+
+def test_eval_gives_what_the_run_itself_measured_after_training(
+    saved_run: Path, shapes_cli: None, tmp_path: Path
+) -> None:
+    # the run's eval set is {format: shapes, num_samples: 8, seed: 1, image_size: 32}; `data shapes` writes
+    # the same samples as messages rows
+    res = _invoke(
+        "data", "shapes", "--out", str(tmp_path / "d"), "--num-samples", "8", "--seed", "1", "--image-size", "32"
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "ev"
+    res = _invoke(
+        "eval",
+        str(saved_run),
+        "-e",
+        "vqa",
+        "--data",
+        str(tmp_path / "d" / "data.jsonl"),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+    )
+    assert res.exit_code == 0, res.output
+    run_metrics = json.loads((saved_run / "metrics.json").read_text())
+    (label,) = [k for k in run_metrics["after"] if k != "label"]
+    mine = json.loads((out / "metrics.json").read_text())["metrics"]["vqa"]
+    assert mine["accuracy"] == run_metrics["after"][label]["vqa"]["accuracy"]
+    theirs = [r["prediction"] for r in _rows(saved_run / "predictions_after.jsonl")]
+    assert [r["prediction"] for r in _rows(out / "predictions.jsonl")] == theirs
