@@ -43,7 +43,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -331,6 +331,51 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+class _Batcher:
+    """Non-streamed requests waiting for the generation thread, answered in batches: when the thread
+    gets to them, every waiting request with the same decoding settings (and no seed: a seeded sample
+    is reproducible only alone) is generated in one left-padded batch of at most ``max_batch``."""
+
+    def __init__(self, predictor: Predictor, generation: ThreadPoolExecutor, max_batch: int):
+        self.predictor, self.generation, self.max_batch = predictor, generation, max_batch
+        self.waiting: list[tuple[Any, Any, Future]] = []
+        self.lock = threading.Lock()
+        #: Sizes of the batches generated so far (for tests and the bench).
+        self.batches: list[int] = []
+
+    def submit(self, prepared: Any, sampling: Any) -> Future:
+        done: Future = Future()
+        with self.lock:
+            self.waiting.append((prepared, sampling, done))
+        self.generation.submit(self._run)  # one turn per request; a turn finds its request taken, or takes it
+        return done
+
+    def _take(self) -> list[tuple[Any, Any, Future]]:
+        with self.lock:
+            if not self.waiting:
+                return []
+            first = self.waiting[0]
+            same = [w for w in self.waiting if w[1] == first[1] and first[1].seed is None] or [first]
+            batch = same[: self.max_batch]
+            taken = {id(w[2]) for w in batch}
+            self.waiting = [w for w in self.waiting if id(w[2]) not in taken]
+        return batch
+
+    def _run(self) -> None:
+        batch = [w for w in self._take() if w[2].set_running_or_notify_cancel()]
+        if not batch:
+            return
+        self.batches.append(len(batch))
+        try:
+            answers = self.predictor.complete([p for p, _, _ in batch], batch[0][1])
+        except BaseException as e:
+            for _, _, done in batch:
+                done.set_exception(e)
+            return
+        for (_, _, done), answer in zip(batch, answers):
+            done.set_result(answer)
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -344,6 +389,7 @@ def create_app(
     max_request_bytes: int | None = None,
     remote_timeout_s: float = DEFAULT_REMOTE_TIMEOUT_S,
     trusted_hosts: tuple[str, ...] | list[str] | None = None,
+    max_batch_size: int = 8,
 ) -> FastAPI:
     """The OpenAI-compatible app serving ``predictor`` (see the module docstring).
 
@@ -355,11 +401,15 @@ def create_app(
     :param max_request_bytes: the largest request body (default: 4 x ``max_image_bytes``, at least 1 MiB).
     :param trusted_hosts: when given, requests whose Host header names another host are refused
         (:func:`serve` passes the loopback names when it binds a loopback address: no DNS rebinding).
+    :param max_batch_size: at most this many waiting non-streamed requests with the same decoding
+        settings are generated together (1: one at a time).
     """
     from vlmplug.train.predict import Sampling
 
     if max_image_bytes < 1:
         raise ConfigError(f"max_image_bytes {max_image_bytes}: must be at least 1", header="serve")
+    if max_batch_size < 1:
+        raise ConfigError(f"max_batch_size {max_batch_size}: must be at least 1", header="serve")
     if max_tokens > max_tokens_limit:
         raise ConfigError(f"max_tokens {max_tokens}: over max_tokens_limit {max_tokens_limit}", header="serve")
     Sampling(max_new_tokens=max_tokens, temperature=temperature)  # the defaults are valid
@@ -372,6 +422,7 @@ def create_app(
     # several teams spin-waiting against each other stall CPU inference), and Predictor.stream's
     # predictor.last_completion is read by the thread that streamed
     generation = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmplug-generate")
+    batcher = _Batcher(predictor, generation, max_batch_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -383,6 +434,7 @@ def create_app(
     app = FastAPI(
         title="vlmplug", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
+    app.state.batcher = batcher
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -538,7 +590,7 @@ def create_app(
             events = _stream_events(predictor, prepared, sampling, generation, ident, stamp, name, usage)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        done = (await asyncio.wrap_future(generation.submit(predictor.complete, [prepared], sampling)))[0]
+        done = await asyncio.wrap_future(batcher.submit(prepared, sampling))
         return JSONResponse(
             {
                 "id": ident,

@@ -91,6 +91,13 @@ def read_api_key(var: str | None) -> str | None:
     show_default=True,
     help="temperature for requests that give none (0 = greedy).",
 )
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Waiting non-streamed requests with the same decoding settings are generated together, this many at most.",
+)
 @handled
 def serve(
     model: str,
@@ -103,6 +110,7 @@ def serve(
     device: str,
     max_tokens: int,
     temperature: float,
+    max_batch_size: int,
 ) -> None:
     """Serve a trained model (a run directory or its model/) with an OpenAI-compatible API:
     /v1/models and /v1/chat/completions, with images as data: URLs and streaming. See docs/serving.md."""
@@ -127,4 +135,5 @@ def serve(
         max_image_bytes=max_image_bytes,
         max_tokens=max_tokens,
         temperature=temperature,
+        max_batch_size=max_batch_size,
     )

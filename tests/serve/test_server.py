@@ -538,3 +538,29 @@ def test_lm_eval_local_chat_completions_reports_the_predictors_exact_match(
     assert expected == 0.5
     by_doc = {s["doc"]["question"]: s["filtered_resps"][0] for s in results["samples"]["vlmplug_serve_exact"]}
     assert [by_doc[q] for q in questions] == answers
+
+
+def test_waiting_requests_are_answered_in_one_batch_with_their_own_answers(predictor: Predictor) -> None:
+    app = create_app(predictor, max_batch_size=4)
+    questions = ["What color is the shape?", "Which shape is in the image?", "How many shapes are there?", "hi", "ok"]
+    wants = [reference(predictor, [{"role": "user", "content": q}]).text for q in questions]
+    got: dict[int, str] = {}
+    with BackgroundServer(app) as srv:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def work(i: int) -> None:
+            got[i] = ask(client, predictor.name, [{"role": "user", "content": questions[i]}]).choices[0].message.content
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(questions))]
+        with predictor.lock:  # the model is busy: all five requests wait for it
+            for t in threads:
+                t.start()
+            for _ in range(200):
+                if len(app.state.batcher.waiting) + sum(app.state.batcher.batches) >= len(questions) - 1:
+                    break
+                threading.Event().wait(0.05)
+        for t in threads:
+            t.join(120)
+    assert [got[i] for i in range(len(questions))] == wants
+    batches = app.state.batcher.batches
+    assert sum(batches) == len(questions) and max(batches) <= 4 and max(batches) > 1
