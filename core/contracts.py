@@ -281,7 +281,10 @@ class OptimizerStackComponent:
         return vlm
 
     def wrap_collator(self, collator: Any) -> Any:
-        """Wrap the training collator (e.g. packing) and return the new one."""
+        """Wrap the training collator (e.g. packing) and return the new one. A collator that counts
+        something per batch puts ``{name: number}`` under ``vlmplug.train.data.STATS_KEY`` in the batch
+        and has ``summarize(totals) -> metrics``: the run sums the counts over the batches trained on (in
+        every process, whatever runs the collator) and adds the summary to ``metrics.json``."""
         return collator
 
     def update_training_args(self, args: dict[str, Any], hardware: Any, note: Callable[[str], None]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "pad_instructions",
     "IGNORE_INDEX",
     "SKIPPED_KEY",
+    "STATS_KEY",
     "SampleEncoder",
     "EncodedDataset",
     "TrainCollator",
@@ -55,6 +56,12 @@ IMAGE_SLOT, VIDEO_SLOT = "image", "frames"
 
 #: Batch key carrying the skips of a batch (popped by the trainer before the model sees the batch).
 SKIPPED_KEY = "vlmplug_skipped"
+
+#: Batch key carrying counts a collator made for its batch (``{name: number}``, e.g. packing's real
+#: tokens and row slots). The trainer pops them and sums them over the batches trained on, in the main
+#: process -- a collator running in a DataLoader worker cannot keep them itself -- and the collator's
+#: ``summarize(totals)`` turns the sums into the run's metrics.
+STATS_KEY = "vlmplug_batch_stats"
 
 
 def spread_indices(n: int, limit: int, seed: int = 0) -> list[int]:

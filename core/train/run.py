@@ -723,10 +723,15 @@ def _train(
             monitor.close()
         _drop_wrappers(trainer)
     metrics["train"] = _train_metrics(trainer.state, clock, samples_per_step)
-    collator_stats = getattr(training.collator, "stats", None)  # e.g. packing efficiency
-    if callable(collator_stats):
-        metrics["train"].update(collator_stats())
-        s.say("  " + ", ".join(f"{k} {v}" for k, v in collator_stats().items()))
+    summarize = getattr(training.collator, "summarize", None)  # e.g. packing efficiency
+    if callable(summarize):
+        totals: dict[str, float] = {}
+        for part in _gather(s, trainer.batch_totals):  # every process's batches
+            for name, value in part.items():
+                totals[name] = totals.get(name, 0) + value
+        if totals:
+            metrics["train"].update(summarize(totals))
+            s.say("  " + ", ".join(f"{k} {v}" for k, v in summarize(totals).items()))
     if budget is not None and budget.stopped_at is not None:
         metrics["train"]["stopped_by_time_budget"] = True
         s.say(

@@ -38,7 +38,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from vlmplug.errors import ConfigError, did_you_mean
 
-from .data import SKIPPED_KEY
+from .data import SKIPPED_KEY, STATS_KEY
 from .vlm import trainable_state_dict
 
 __all__ = [
@@ -197,6 +197,8 @@ class VLMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.clock = clock
         self.on_skipped = on_skipped
+        #: The collator's per-batch counts (``STATS_KEY``), summed over the batches trained on.
+        self.batch_totals: dict[str, float] = {}
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -204,6 +206,8 @@ class VLMTrainer(Trainer):
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped:
             self.on_skipped(skipped)
+        for name, value in (inputs.pop(STATS_KEY, None) or {}).items():
+            self.batch_totals[name] = self.batch_totals.get(name, 0) + value
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from vlmplug.contracts import OptimizerStackComponent
+from vlmplug.train.data import STATS_KEY
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -51,15 +52,12 @@ def position_ids(segments: list[list[int]], width: int) -> torch.Tensor:
 
 
 class PackedCollator:
-    """Packs a batch's items into rows, then lets the run's collator pad and preprocess them."""
+    """Packs a batch's items into rows, then lets the run's collator pad and preprocess them; the
+    batch carries its packing counts (``STATS_KEY``) for :meth:`summarize`."""
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], capacity: int):
         self.collate = collate
         self.capacity = capacity
-        self.real_tokens = 0
-        self.row_slots = 0
-        self.rows = 0
-        self.samples = 0
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [len(it["input_ids"]) for it in batch]
@@ -69,18 +67,21 @@ class PackedCollator:
         out["position_ids"] = position_ids([[lengths[i] for i in group] for group in groups], width)
         out.pop("attention_mask", None)  # the restarting position ids isolate the samples
         out["use_cache"] = False  # transformers reads packed position ids only without a cache
-        self.real_tokens += sum(lengths)
-        self.row_slots += len(groups) * width
-        self.rows += len(groups)
-        self.samples += len(batch)
+        out[STATS_KEY] = {
+            "real_tokens": sum(lengths),
+            "row_slots": len(groups) * width,
+            "rows": len(groups),
+            "samples": len(batch),
+        }
         return out
 
-    def stats(self) -> dict[str, Any]:
-        """Packing efficiency: real tokens / row slots, and samples per row (this process)."""
+    @staticmethod
+    def summarize(totals: dict[str, float]) -> dict[str, Any]:
+        """Packing efficiency (real tokens / row slots) and samples per row, from the summed counts."""
         return {
-            "packing_efficiency": round(self.real_tokens / max(self.row_slots, 1), 4),
-            "samples_per_row": round(self.samples / max(self.rows, 1), 3),
-            "rows": self.rows,
+            "packing_efficiency": round(totals.get("real_tokens", 0) / max(totals.get("row_slots", 0), 1), 4),
+            "samples_per_row": round(totals.get("samples", 0) / max(totals.get("rows", 0), 1), 3),
+            "rows": int(totals.get("rows", 0)),
         }
 
 

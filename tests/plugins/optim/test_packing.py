@@ -12,7 +12,7 @@ import torch
 
 from vlmplug.plugins.optim._packing import PackedCollator, first_fit, position_ids
 from vlmplug.testing import tiny
-from vlmplug.train.data import IGNORE_INDEX, TrainCollator
+from vlmplug.train.data import IGNORE_INDEX, STATS_KEY, TrainCollator
 from vlmplug.train.llm import TINY_SPECIALS
 
 torch.set_num_threads(1)
@@ -67,6 +67,7 @@ def test_packed_loss_and_logits_equal_the_unpacked(fusion: str, attn: str) -> No
     longest = max(len(it["input_ids"]) for it in items)
     packer = PackedCollator(collate, capacity=2 * longest)
     packed, unpacked = packer(items), collate(items)
+    counts = packed.pop(STATS_KEY)  # the trainer pops the batch's counts before the model sees it
     assert packed["input_ids"].shape[0] < len(items)  # rows were shared
     with torch.no_grad():
         torch.testing.assert_close(_loss(vlm, packed), _loss(vlm, unpacked), rtol=1e-5, atol=1e-6)
@@ -80,9 +81,12 @@ def test_packed_loss_and_logits_equal_the_unpacked(fusion: str, attn: str) -> No
             n = len(items[i]["input_ids"])
             torch.testing.assert_close(logits_packed[row, start : start + n], logits_alone[i, :n], rtol=1e-4, atol=1e-4)
             start += n
-    stats = packer.stats()
+    stats = packer.summarize(counts)
+    assert counts["real_tokens"] == sum(len(it["input_ids"]) for it in items) and counts["rows"] == len(groups)
     assert stats["samples_per_row"] == pytest.approx(6 / len(groups), abs=1e-3)
-    assert 0 < stats["packing_efficiency"] <= 1
+    assert stats["packing_efficiency"] == pytest.approx(
+        counts["real_tokens"] / (len(groups) * packed["input_ids"].shape[1]), abs=1e-4
+    )
 
 
 def test_cross_attention_conflicts(vlmplug_host: Any) -> None:
@@ -101,3 +105,8 @@ def test_a_packed_run_reports_its_efficiency(run_recipe: Any) -> None:
     train = res.metrics["train"]
     assert train["samples_per_row"] > 1 and 0.5 < train["packing_efficiency"] <= 1
     assert train["final_loss"] is not None
+    # the collator runs in a dataloader worker: the same batches, the same counts
+    workers = run_recipe(None, steps=3, packing=True, eval_datasets=[], evaluators=[], dataloader_num_workers=1)
+    assert {k: workers.metrics["train"][k] for k in ("packing_efficiency", "samples_per_row", "rows")} == {
+        k: train[k] for k in ("packing_efficiency", "samples_per_row", "rows")
+    }
