@@ -41,6 +41,7 @@ __all__ = [
     "OptimizerStack",
     "OptimizerStackComponent",
     "Evaluator",
+    "LazyImage",
     "EvaluatorBase",
     "check",
     "missing_members",
@@ -207,12 +208,23 @@ class PeftMethod(Protocol):
 
 
 @runtime_checkable
+class LazyImage(Protocol):
+    """An image a dataset format makes only when the pixels are needed (e.g. a random augmentation
+    of a file): the pipeline checks ``path`` up front like an image path and calls ``open()`` -- a PIL
+    image -- when it loads the sample, in a DataLoader worker when there are some (so it must pickle)."""
+
+    path: str
+
+    def open(self) -> Any: ...
+
+
+@runtime_checkable
 class DatasetFormat(Protocol):
     """A source of canonical samples: ``len(ds)`` and ``ds[i]``.
 
     A sample is ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}],
-    "images": [path | data URI | bytes | PIL.Image, ...], "videos": [video, ...], ...}`` with one
-    ``<image>`` in the text per image and one ``<video>`` per video, in order (a video: a list of
+    "images": [path | data URI | bytes | PIL.Image | LazyImage, ...], "videos": [video, ...], ...}`` with
+    one ``<image>`` in the text per image and one ``<video>`` per video, in order (a video: a list of
     frames, ``{"frames": [...], "fps": N}``, a frame folder or a video file; see
     :mod:`vlmplug.train.video`); extra fields (``answers``, ``id``, ...) are kept for evaluators; ``_where``
     (e.g. ``"train.jsonl:12"``) names the row in error messages.

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlmplug.contracts import LazyImage
 from vlmplug.errors import DataError
 
 from .video import VIDEO_TOKEN, VideoOptions, probe, read_frames
@@ -121,6 +122,8 @@ def load_image(ref: Any, where: str) -> Image.Image:
     try:
         if isinstance(ref, Image.Image):
             img = ref
+        elif isinstance(ref, LazyImage):
+            img = ref.open()
         elif isinstance(ref, (bytes, bytearray)):
             img = Image.open(io.BytesIO(ref))
         elif isinstance(ref, str) and ref.startswith("data:"):
@@ -148,11 +151,13 @@ def load_image(ref: Any, where: str) -> Image.Image:
 
 def check_image(ref: Any, where: str) -> None:
     """Cheap up-front check: the file exists and its header parses (no full decode)."""
+    if isinstance(ref, LazyImage):
+        ref = ref.path
     if isinstance(ref, (Image.Image, bytes, bytearray)) or (isinstance(ref, str) and ref.startswith("data:")):
         return
     if not isinstance(ref, str):
         raise DataError(
-            f"{where}: an image must be a path, data URI, bytes or PIL image, got {type(ref).__name__}",
+            f"{where}: an image must be a path, data URI, bytes, a PIL image or a LazyImage, got {type(ref).__name__}",
             reason="malformed-row",
             where=where,
         )

@@ -1,9 +1,10 @@
 """DocVQA files and ``{image, question, answers}`` rows -> canonical samples; scan augmentations.
 
-With augmentation on, a sample's image is an :class:`AugmentedImage`: a PIL image that reads its file
-and augments it only when its pixels are first needed (``load_image`` converting it), so building the
-dataset and the pipeline's up-front checks decode nothing. The augmentation is a pure function of
-(file, seed, sample index): :func:`augment` with a ``random.Random`` seeded from them.
+With augmentation on, a sample's image is an :class:`AugmentedImage` (a
+:class:`vlmplug.contracts.LazyImage`): it reads its file and augments it only when the pipeline loads
+the sample, so building the dataset and the pipeline's up-front checks decode nothing. The
+augmentation is a pure function of (file, seed, sample index): :func:`augment` with a
+``random.Random`` seeded from them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,38 +62,19 @@ def augment(img: Image.Image, rng: random.Random, settings: Augment) -> Image.Im
         return out.convert("RGB")
 
 
-class AugmentedImage(Image.Image):
-    """An image file, augmented when its pixels are first needed (``load()``, which ``convert`` and
-    every pixel operation call). Its size is the file's (read from the header); it pickles as the
-    recipe (file, seed, settings), not as pixels."""
+@dataclass(frozen=True)
+class AugmentedImage:
+    """A page augmented when its pixels are needed (a :class:`vlmplug.contracts.LazyImage`): the
+    pipeline checks ``path`` up front and calls :meth:`open` when it loads the sample; it pickles as
+    the recipe (file, seed, settings), not as pixels, and gives the same pixels on every read."""
 
-    def __init__(self, path: str, key: str, settings: Augment):
-        super().__init__()
-        self.path, self.key, self.settings = path, key, settings
-        self._mode = "RGB"
-        self._header: tuple[int, int] | None = None
+    path: str
+    key: str
+    settings: Augment
 
-    @property
-    def size(self) -> tuple[int, int]:
-        if self._im is None and self._header is None:
-            with Image.open(self.path) as src:
-                self._header = src.size
-        return self._size if self._im is not None else self._header  # type: ignore[return-value]
-
-    def load(self) -> Any:
-        if self._im is None:
-            with Image.open(self.path) as src:
-                img = augment(src, random.Random(self.key), self.settings)
-            self.im = img.im
-            self._size = img.size
-            self._mode = img.mode
-        return super().load()
-
-    def __reduce__(self) -> Any:
-        return (AugmentedImage, (self.path, self.key, self.settings))
-
-    def __repr__(self) -> str:
-        return f"AugmentedImage({self.path!r}, key={self.key!r})"
+    def open(self) -> Image.Image:
+        with Image.open(self.path) as src:
+            return augment(src, random.Random(self.key), self.settings)
 
 
 def _where(path: Path, n: int, official: bool) -> str:

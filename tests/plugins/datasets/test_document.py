@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
+from vlmplug.contracts import LazyImage
 from vlmplug.errors import DataError
 from vlmplug.plugins.datasets import document as document_plugin
 from vlmplug.plugins.datasets._document import AugmentedImage, augment, perspective_coeffs
@@ -123,10 +124,22 @@ def test_augmentation_is_seeded_by_index_and_keeps_the_size(tiny: Any, tmp_path:
 def test_the_augmented_image_is_read_lazily(tiny: Any, tmp_path: Path) -> None:
     ds = _load(tiny, _docvqa(tmp_path), augmentation=True)
     image = ds[0]["images"][0]
-    assert isinstance(image, AugmentedImage) and image._im is None
-    check_image(image, "test")  # the pipeline's up-front check decodes nothing
-    assert image.size == (60, 80) and image._im is None
-    loaded = load_image(image, "test")
+    assert isinstance(image, AugmentedImage) and isinstance(image, LazyImage)
+    opened = []
+    original = AugmentedImage.open
+
+    def counting(self: AugmentedImage) -> Any:
+        opened.append(self.key)
+        return original(self)
+
+    AugmentedImage.open = counting  # type: ignore[method-assign]
+    try:
+        check_image(image, "test")  # the pipeline's up-front check decodes nothing
+        assert opened == []
+        loaded = load_image(image, "test")
+        assert len(opened) == 1
+    finally:
+        AugmentedImage.open = original  # type: ignore[method-assign]
     assert loaded.size == (60, 80) and loaded.mode == "RGB"
     copy = pickle.loads(pickle.dumps(ds[0]["images"][0]))  # DataLoader workers get the recipe
     assert np.array_equal(_pixels(copy), np.asarray(loaded))
