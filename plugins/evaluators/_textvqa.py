@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._vqa import VqaEvaluator
-from ._vqa_metric import leave_one_out, process_digit_article, process_punctuation, score_samples
+from ._vqa_metric import leave_one_out, normalize_answer, score_samples
 
 __all__ = ["process_answer", "textvqa_accuracy", "TextVqaEvaluator", "build"]
 
@@ -72,9 +72,8 @@ def process_answer(text: str) -> str:
     """
     if not isinstance(text, str):
         raise TypeError(f"answer must be a string, got {type(text).__name__}")
-    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    # the processor's own first step, then the VQA steps (whitespace, punctuation, digits and articles)
+    return normalize_answer(text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip())
 
 
 def textvqa_accuracy(prediction: str, answers: Sequence[str | Mapping[str, Any]]) -> float:
